@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh Debian 12 machine, and nothing twice:
+#  - Debian packages (PostgreSQL server binaries) when they are missing;
+#  - the Python virtualenv in .venv from the pinned requirements.txt, rebuilt only
+#    when requirements.txt changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+APT_PACKAGES=(postgresql postgresql-contrib)
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("${APT_PACKAGES[@]}")
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  # The package's own cluster is not used: the tests start private clusters.
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+stamp="$VENV/.requirements.sha256"
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: creating $VENV from requirements.txt"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet -r requirements.txt
+  echo "$want" > "$stamp"
+fi
