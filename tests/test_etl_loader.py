@@ -1,0 +1,360 @@
+"""The load path: raw objects in (moto) S3 → rows in a real PostgreSQL, exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from clickstream import loader
+from clickstream.mapping import WAREHOUSE_COLUMNS
+from clickstream.partitions import hour_prefix, hours_between
+from tests.fixtures.aws import aws_environment
+from tests.raw_events import put_raw_bytes, put_raw_object, raw_record, tracker_event
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+HOUR_1 = datetime(2025, 12, 1, 10, 0, tzinfo=UTC)
+NOW = HOUR_1 + timedelta(minutes=50)
+
+
+def scheduled(warehouse, aws, bucket, now=NOW, **options):
+    connection = warehouse.etl_connection()
+    try:
+        return loader.run_scheduled(connection, aws.client("s3"), bucket, now=now, **options)
+    finally:
+        connection.close()
+
+
+def window(warehouse, aws, bucket, start, end, force=False):
+    connection = warehouse.etl_connection()
+    try:
+        return loader.run_window(
+            connection, aws.client("s3"), bucket, start=start, end=end, force=force
+        )
+    finally:
+        connection.close()
+
+
+def events_in(hour: datetime, count: int, session: str = "session-1") -> list[dict]:
+    return [
+        raw_record(tracker_event(sessionId=session), hour + timedelta(seconds=index))
+        for index in range(count)
+    ]
+
+
+def test_every_field_of_a_raw_event_lands_in_its_column(warehouse, aws, raw_bucket):
+    event = tracker_event(
+        eventId="6f1c7f8e-2f55-4c1e-9a1b-0d9b3c1e2a77",
+        eventTimestamp="2025-12-01T10:14:59.500Z",
+        userId="user_2abc",
+        userLoginState="logged_in",
+        identitySource="clerk_google",
+        isFirstVisit=True,
+    )
+    received = HOUR_1 + timedelta(minutes=15)
+    put_raw_object(aws.client("s3"), raw_bucket, [raw_record(event, received)], received)
+
+    report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.status, report.objects, report.events_loaded) == ("succeeded", 1, 1)
+    row = warehouse.query(f"SELECT {', '.join(WAREHOUSE_COLUMNS)} FROM clickstream_events")[0]
+    assert dict(zip(WAREHOUSE_COLUMNS, row, strict=True)) == {
+        "event_id": "6f1c7f8e-2f55-4c1e-9a1b-0d9b3c1e2a77",
+        "event_timestamp": datetime(2025, 12, 1, 10, 14, 59, 500000, tzinfo=UTC),
+        "event_name": "product_view",
+        "user_id": "user_2abc",
+        "user_login_state": "logged_in",
+        "identity_source": "clerk_google",
+        "client_id": "client-1",
+        "session_id": "session-1",
+        "is_first_visit": True,
+        "context_product_id": "p-100",
+        "context_product_name": "Dell XPS 13",
+        "context_product_category": "laptop",
+        "context_product_brand": "Dell",
+        "context_product_price": Decimal("32990000.00"),
+        "context_product_discount_price": Decimal("29990000.00"),
+        "context_product_url_path": "/products/dell-xps-13",
+        "page_url": "https://shop.example.com/products/dell-xps-13",
+        "referrer": "https://shop.example.com/",
+        "received_at": received,
+    }
+
+
+def test_a_second_run_loads_nothing_new(warehouse, aws, raw_bucket):
+    s3 = aws.client("s3")
+    for minute in (5, 25):
+        received = HOUR_1 + timedelta(minutes=minute)
+        put_raw_object(s3, raw_bucket, events_in(received, 3), received)
+    first = scheduled(warehouse, aws, raw_bucket)
+    second = scheduled(warehouse, aws, raw_bucket)
+    assert (first.objects, first.events_loaded) == (2, 6)
+    assert (second.status, second.objects, second.events_loaded) == ("succeeded", 0, 0)
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 6
+
+
+def test_the_same_event_in_two_objects_lands_once(warehouse, aws, raw_bucket):
+    s3 = aws.client("s3")
+    record = raw_record(tracker_event(eventId=str(uuid.uuid4())), HOUR_1)
+    put_raw_object(s3, raw_bucket, [record], HOUR_1)
+    put_raw_object(s3, raw_bucket, [record, raw_record(tracker_event(), HOUR_1)], HOUR_1)
+
+    report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.events_loaded, report.duplicates_skipped) == (2, 1)
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 2
+
+
+def test_an_event_retried_after_a_load_is_skipped_as_a_duplicate(warehouse, aws, raw_bucket):
+    s3 = aws.client("s3")
+    record = raw_record(tracker_event(eventId=str(uuid.uuid4())), HOUR_1)
+    put_raw_object(s3, raw_bucket, [record], HOUR_1)
+    scheduled(warehouse, aws, raw_bucket)
+    put_raw_object(s3, raw_bucket, [record], HOUR_1 + timedelta(minutes=30))
+    report = scheduled(warehouse, aws, raw_bucket)
+    assert (report.objects, report.events_loaded, report.duplicates_skipped) == (1, 0, 1)
+
+
+def test_malformed_lines_go_to_rejects_and_their_neighbours_load(warehouse, aws, raw_bucket):
+    good = [json.dumps(r).encode() for r in events_in(HOUR_1, 2)]
+    bad_contract = json.dumps(raw_record(tracker_event(eventName="Not A Name"), HOUR_1)).encode()
+    body = b"\n".join(
+        [good[0], b"{this is not json", bad_contract, b"\xff\xfe not utf-8", good[1], b""]
+    )
+    key = put_raw_bytes(aws.client("s3"), raw_bucket, body, HOUR_1)
+
+    report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.events_loaded, report.rejected_lines) == (2, 3)
+    rejects = warehouse.query(
+        "SELECT object_key, line_number, reason, raw_text FROM etl_rejects ORDER BY line_number"
+    )
+    assert [(r[0], r[1]) for r in rejects] == [(key, 2), (key, 3), (key, 4)]
+    assert "invalid JSON" in rejects[0][2]
+    assert rejects[0][3] == "{this is not json"
+    assert "/event/eventName" in rejects[1][2]
+    assert "not valid UTF-8" in rejects[2][2]
+    assert warehouse.query("SELECT lines, rejected_lines FROM etl_loaded_objects") == [(5, 3)]
+
+
+def test_an_object_whose_load_crashed_before_commit_is_loaded_whole_next_time(
+    warehouse, aws, raw_bucket
+):
+    put_raw_object(aws.client("s3"), raw_bucket, events_in(HOUR_1, 5), HOUR_1)
+    # A real crash: the loader process is SIGKILLed after COPY and INSERT, before COMMIT.
+    crashing_run = f"""
+import json, os, signal, sys
+from datetime import datetime
+from clickstream import loader, warehouse
+def crash(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+loader.execute_values = crash
+settings = warehouse.WarehouseSettings(**json.loads(sys.argv[1]))
+connection = warehouse.connect(settings, settings.password, "crash-test")
+import boto3
+loader.run_scheduled(connection, boto3.client("s3"), "{raw_bucket}",
+                     now=datetime.fromisoformat("{NOW.isoformat()}"))
+"""
+    settings = warehouse.etl_settings()
+    completed = subprocess.run(
+        [sys.executable, "-c", crashing_run, json.dumps(settings.__dict__)],
+        env={**os.environ, **aws_environment(aws.endpoint_url), "PYTHONPATH": _pythonpath()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == -9, completed.stderr
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 0
+    assert warehouse.scalar("SELECT count(*) FROM etl_loaded_objects") == 0
+
+    report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.objects, report.events_loaded) == (1, 5)
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 5
+
+
+def test_a_run_interrupted_between_objects_keeps_what_it_committed_and_the_next_completes(
+    warehouse, aws, raw_bucket, monkeypatch
+):
+    s3 = aws.client("s3")
+    for minute in range(6):
+        received = HOUR_1 + timedelta(minutes=minute)
+        put_raw_object(s3, raw_bucket, events_in(received, 10, session=f"s{minute}"), received)
+    monkeypatch.setattr(loader, "CHUNK_TARGET_LINES", 10)  # one object per transaction
+    prepared = []
+    original_prepare = loader._prepare_chunk
+
+    def prepare_then_kill_the_connection_on_the_third(chunk, run_id):
+        prepared.append(chunk)
+        if len(prepared) == 3:
+            warehouse.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = 'clickstream_etl' AND pid <> pg_backend_pid()"
+            )
+        return original_prepare(chunk, run_id)
+
+    monkeypatch.setattr(loader, "_prepare_chunk", prepare_then_kill_the_connection_on_the_third)
+    with pytest.raises(psycopg2.OperationalError):
+        scheduled(warehouse, aws, raw_bucket)
+    assert warehouse.scalar("SELECT count(*) FROM etl_loaded_objects") == 2
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 20
+
+    monkeypatch.setattr(loader, "_prepare_chunk", original_prepare)
+    report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.objects, report.events_loaded) == (4, 40)
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 60
+
+
+def test_two_concurrent_runs_never_load_anything_twice(warehouse, aws, raw_bucket):
+    s3 = aws.client("s3")
+    for minute in range(20):
+        received = HOUR_1 + timedelta(minutes=minute)
+        put_raw_object(s3, raw_bucket, events_in(received, 25, session=f"s{minute}"), received)
+    start = threading.Barrier(2)
+    reports = []
+
+    def run():
+        start.wait()
+        reports.append(scheduled(warehouse, aws, raw_bucket))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert sum(report.objects for report in reports) == 20
+    assert sum(report.events_loaded for report in reports) == 500
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 500
+    assert warehouse.scalar("SELECT count(*) FROM etl_loaded_objects") == 20
+
+
+def test_a_run_while_another_holds_the_lock_does_nothing_and_says_so(warehouse, aws, raw_bucket):
+    put_raw_object(aws.client("s3"), raw_bucket, events_in(HOUR_1, 1), HOUR_1)
+    holder = warehouse.admin_connection()
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (loader.RUN_LOCK_KEY,))
+        report = scheduled(warehouse, aws, raw_bucket)
+    finally:
+        holder.close()
+    assert report.status == "skipped"
+    assert "another ETL run" in report.message
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 0
+
+
+def test_a_scheduled_run_lists_only_the_hours_since_the_newest_loaded_one(
+    warehouse, aws, raw_bucket
+):
+    s3 = aws.client("s3")
+    put_raw_object(s3, raw_bucket, events_in(HOUR_1, 1), HOUR_1)
+    scheduled(warehouse, aws, raw_bucket)
+    later = HOUR_1 + timedelta(hours=6, minutes=10)
+    listed = []
+    s3.meta.events.register(
+        "before-parameter-build.s3.ListObjectsV2",
+        lambda params, **_: listed.append(params["Prefix"]),
+    )
+    connection = warehouse.etl_connection()
+    try:
+        loader.run_scheduled(connection, s3, raw_bucket, now=later, lookback_hours=3)
+    finally:
+        connection.close()
+    expected = [hour_prefix(h) for h in hours_between(HOUR_1 - timedelta(hours=3), later)]
+    assert listed == expected
+
+
+def test_a_late_object_within_the_lookback_is_loaded(warehouse, aws, raw_bucket):
+    s3 = aws.client("s3")
+    put_raw_object(
+        s3, raw_bucket, events_in(HOUR_1 + timedelta(hours=2), 1), HOUR_1 + timedelta(hours=2)
+    )
+    scheduled(warehouse, aws, raw_bucket, now=HOUR_1 + timedelta(hours=2, minutes=5))
+    put_raw_object(s3, raw_bucket, events_in(HOUR_1, 1), HOUR_1)  # arrives late, in an old hour
+    report = scheduled(
+        warehouse, aws, raw_bucket, now=HOUR_1 + timedelta(hours=3), lookback_hours=3
+    )
+    assert (report.objects, report.events_loaded) == (1, 1)
+
+
+def test_the_lag_of_the_oldest_unloaded_object_is_reported(warehouse, aws, raw_bucket):
+    received = datetime.now(UTC)
+    put_raw_object(aws.client("s3"), raw_bucket, events_in(received, 1), received)
+    listing = aws.client("s3").list_objects_v2(Bucket=raw_bucket)
+    last_modified = listing["Contents"][0]["LastModified"]
+    report = scheduled(warehouse, aws, raw_bucket, now=last_modified + timedelta(minutes=42))
+    assert report.lag_seconds == pytest.approx(42 * 60, abs=1)
+
+
+def test_a_window_run_loads_only_its_hours_and_force_reloads_without_duplicates(
+    warehouse, aws, raw_bucket
+):
+    s3 = aws.client("s3")
+    for hours in range(4):
+        received = HOUR_1 + timedelta(hours=hours)
+        put_raw_object(s3, raw_bucket, events_in(received, 2, session=f"s{hours}"), received)
+
+    first = window(
+        warehouse, aws, raw_bucket, HOUR_1 + timedelta(hours=1), HOUR_1 + timedelta(hours=2)
+    )
+    again = window(
+        warehouse, aws, raw_bucket, HOUR_1 + timedelta(hours=1), HOUR_1 + timedelta(hours=2)
+    )
+    warehouse.query(
+        "UPDATE clickstream_events SET event_name = 'tampered' WHERE session_id = 's1' RETURNING 1"
+    )
+    forced = window(
+        warehouse,
+        aws,
+        raw_bucket,
+        HOUR_1 + timedelta(hours=1),
+        HOUR_1 + timedelta(hours=2),
+        force=True,
+    )
+
+    assert (first.objects, first.events_loaded) == (2, 4)
+    assert (again.objects, again.events_loaded) == (0, 0)
+    assert (
+        forced.objects,
+        forced.events_loaded,
+        forced.events_updated,
+        forced.duplicates_skipped,
+    ) == (
+        2,
+        0,
+        2,
+        2,
+    )
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 4
+    assert (
+        warehouse.scalar("SELECT count(*) FROM clickstream_events WHERE event_name = 'tampered'")
+        == 0
+    )
+
+
+def test_a_window_that_ends_before_it_starts_is_refused(warehouse, aws, raw_bucket):
+    with pytest.raises(ValueError, match="before it starts"):
+        window(warehouse, aws, raw_bucket, HOUR_1, HOUR_1 - timedelta(hours=1))
+
+
+def test_every_run_is_recorded_with_its_counts(warehouse, aws, raw_bucket):
+    put_raw_object(aws.client("s3"), raw_bucket, events_in(HOUR_1, 3), HOUR_1)
+    report = scheduled(warehouse, aws, raw_bucket)
+    assert warehouse.query(
+        "SELECT run_id::text, trigger, status, objects, events_loaded FROM etl_runs"
+    ) == [(report.run_id, "schedule", "succeeded", 1, 3)]
+
+
+def _pythonpath() -> str:
+    return os.pathsep.join([str(REPOSITORY / "lambda_src"), str(REPOSITORY)])
