@@ -250,7 +250,7 @@ def test_a_run_while_another_holds_the_lock_does_nothing_and_says_so(warehouse, 
     finally:
         holder.close()
     assert report.status == "skipped"
-    assert "another ETL run" in report.message
+    assert "another ETL run" in report.detail
     assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 0
 
 

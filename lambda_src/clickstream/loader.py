@@ -118,7 +118,7 @@ class RunReport:
     pending_objects: int = 0
     lag_seconds: float | None = None
     aggregates_refreshed: dict[str, int] = field(default_factory=dict)
-    message: str | None = None
+    detail: str | None = None
     duration_seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -228,7 +228,7 @@ def _run(connection, s3_client, bucket, report, hours_to_list, deadline, now) ->
     with _exclusive_run(connection) as acquired:
         if not acquired:
             report.status = "skipped"
-            report.message = "another ETL run holds the warehouse lock; this run did nothing"
+            report.detail = "another ETL run holds the warehouse lock; this run did nothing"
             return report
         _record_run(connection, report, started=True)
         try:
@@ -243,7 +243,7 @@ def _run(connection, s3_client, bucket, report, hours_to_list, deadline, now) ->
             report.status = "incomplete" if report.pending_objects else "succeeded"
         except Exception as error:
             report.status = "failed"
-            report.message = f"{type(error).__name__}: {error}"
+            report.detail = f"{type(error).__name__}: {error}"
             raise
         finally:
             report.duration_seconds = round(time.monotonic() - started, 3)
@@ -286,11 +286,11 @@ def _record_run(connection, report: RunReport, *, started: bool) -> None:
                 cursor.execute(
                     "UPDATE public.etl_runs SET status = %s, finished_at = now(), objects = %s, "
                     "events_loaded = %s, events_updated = %s, duplicates_skipped = %s, "
-                    "rejected_lines = %s, pending_objects = %s, lag_seconds = %s, message = %s "
+                    "rejected_lines = %s, pending_objects = %s, lag_seconds = %s, detail = %s "
                     "WHERE run_id = %s",
                     (report.status, report.objects, report.events_loaded, report.events_updated,
                      report.duplicates_skipped, report.rejected_lines, report.pending_objects,
-                     report.lag_seconds, report.message, report.run_id),
+                     report.lag_seconds, report.detail, report.run_id),
                 )  # fmt: skip
         connection.commit()
     except Exception:

@@ -13,18 +13,33 @@ METRICS_NAMESPACE = "Clickstream"
 
 class _JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {"level": record.levelname, "message": record.getMessage()}
-        entry.update(getattr(record, "fields", {}))
+        entry: dict[str, Any] = {
+            **getattr(record, "fields", {}),
+            "level": record.levelname,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a record is emitted, not when it was set up."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def get_logger(name: str) -> logging.Logger:
     """A logger that writes JSON lines to stdout (CloudWatch Logs in Lambda), set up once."""
     logger = logging.getLogger(name)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(_JsonLineFormatter())
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -32,7 +47,7 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
-def log(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
+def log(logger: logging.Logger, level: int, message: str, /, **fields: Any) -> None:
     """Log ``message`` with ``fields`` as top-level keys of the JSON line."""
     logger.log(level, message, extra={"fields": fields})
 

@@ -46,7 +46,7 @@ CREATE TABLE public.etl_runs (
     rejected_lines bigint NOT NULL DEFAULT 0,
     pending_objects integer NOT NULL DEFAULT 0,
     lag_seconds double precision,
-    message text,
+    detail text,
     CONSTRAINT etl_runs_pkey PRIMARY KEY (run_id)
 );
 
