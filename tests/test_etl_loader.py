@@ -191,25 +191,25 @@ def test_a_run_interrupted_between_objects_keeps_what_it_committed_and_the_next_
         received = HOUR_1 + timedelta(minutes=minute)
         put_raw_object(s3, raw_bucket, events_in(received, 10, session=f"s{minute}"), received)
     monkeypatch.setattr(loader, "CHUNK_TARGET_LINES", 10)  # one object per transaction
-    prepared = []
-    original_prepare = loader._prepare_chunk
+    transactions = []
+    original_load_chunk = loader._load_chunk
 
-    def prepare_then_kill_the_connection_on_the_third(chunk, run_id):
-        prepared.append(chunk)
-        if len(prepared) == 3:
+    def kill_the_connection_before_the_third_transaction(connection, prepared, report):
+        transactions.append(prepared)
+        if len(transactions) == 3:
             warehouse.query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE usename = 'clickstream_etl' AND pid <> pg_backend_pid()"
             )
-        return original_prepare(chunk, run_id)
+        return original_load_chunk(connection, prepared, report)
 
-    monkeypatch.setattr(loader, "_prepare_chunk", prepare_then_kill_the_connection_on_the_third)
+    monkeypatch.setattr(loader, "_load_chunk", kill_the_connection_before_the_third_transaction)
     with pytest.raises(psycopg2.OperationalError):
         scheduled(warehouse, aws, raw_bucket)
     assert warehouse.scalar("SELECT count(*) FROM etl_loaded_objects") == 2
     assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 20
 
-    monkeypatch.setattr(loader, "_prepare_chunk", original_prepare)
+    monkeypatch.setattr(loader, "_load_chunk", original_load_chunk)
     report = scheduled(warehouse, aws, raw_bucket)
 
     assert (report.objects, report.events_loaded) == (4, 40)
@@ -358,3 +358,22 @@ def test_every_run_is_recorded_with_its_counts(warehouse, aws, raw_bucket):
 
 def _pythonpath() -> str:
     return os.pathsep.join([str(REPOSITORY / "lambda_src"), str(REPOSITORY)])
+
+
+def test_an_event_written_outside_the_run_lock_is_skipped_not_fatal(
+    warehouse, aws, raw_bucket, monkeypatch
+):
+    records = events_in(HOUR_1, 3)
+    put_raw_object(aws.client("s3"), raw_bucket, records, HOUR_1)
+    warehouse.query(
+        "INSERT INTO clickstream_events (event_id, event_timestamp, event_name, received_at) "
+        "VALUES (%s, now(), 'written_elsewhere', now()) RETURNING 1",
+        (records[1]["event_id"],),
+    )
+    # As if the row had been written after the loader looked for existing event ids.
+    monkeypatch.setattr(loader, "_EXISTING_EVENT_IDS", "SELECT NULL::text WHERE %s::text[] IS NULL")
+
+    report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.status, report.events_loaded, report.duplicates_skipped) == ("succeeded", 2, 1)
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 3

@@ -6,21 +6,24 @@ Lambda ETL (scheduled and window runs), the backfill module and the tests all co
 - Exactly once: a raw object is loaded when its row is in ``etl_loaded_objects``; that row is
   committed in the same transaction as the object's events and rejects, so a crash at any point
   leaves all of an object or none of it, and the next run picks up what is missing.
-- No duplicates: events are staged with COPY, then inserted skipping event_ids already present
-  (``force`` rewrites them instead, so a mapping fix reaches old rows, still without duplicates).
+- No duplicates: the events of a chunk whose event_id is already present, or repeated within
+  the chunk, are skipped, and the rest are COPYed in (``force`` stages the chunk and rewrites
+  existing rows instead, so a mapping fix reaches old rows, still without duplicates).
 - Nothing lost: a line that breaks the contract goes to ``etl_rejects`` with its reason and text;
   its neighbours load.
 - One run at a time: a session advisory lock; a second concurrent run returns ``skipped``.
 - No bucket rescans: a scheduled run lists only the hour partitions from the newest loaded one
   (minus a lookback for late objects) to now.
-- Incremental aggregates: loads mark the hours and sessions they touched; the run then
-  recomputes only those (``refresh_dirty_aggregates()`` in the migrations).
+- Incremental aggregates: loads mark the hours they touched; the run then recomputes only those
+  hours, their days and their sessions (``refresh_dirty_aggregates()`` in the migrations).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import queue
+import threading
 import time
 import uuid
 from collections import deque
@@ -30,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import psycopg2.errors
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
@@ -43,9 +47,12 @@ RUN_LOCK_KEY = 0x636C69636B65746C
 DEFAULT_LOOKBACK_HOURS = 3
 DEFAULT_INITIAL_LOOKBACK_HOURS = 24
 # A transaction holds whole objects up to about this many lines, bounding memory and the work a
-# crash can roll back; objects are never split across transactions.
-CHUNK_TARGET_LINES = 50_000
+# crash can roll back (objects are never split across transactions); small enough that parsing
+# the next chunk overlaps merging this one.
+CHUNK_TARGET_LINES = 10_000
+COPY_READ_SIZE = 1 << 20
 FETCH_CONCURRENCY = 16
+STAGING_MEMORY = "256MB"
 
 _COLUMNS = sql.SQL(", ").join(map(sql.Identifier, WAREHOUSE_COLUMNS))
 _UPDATED_COLUMNS = [column for column in WAREHOUSE_COLUMNS if column != "event_id"]
@@ -54,6 +61,12 @@ _CREATE_STAGING = sql.SQL(
     "(LIKE public.clickstream_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _COPY_TO_STAGING = sql.SQL("COPY etl_staging ({}) FROM STDIN WITH (FORMAT csv)").format(_COLUMNS)
+_COPY_TO_EVENTS = sql.SQL(
+    "COPY public.clickstream_events ({}) FROM STDIN WITH (FORMAT csv)"
+).format(_COLUMNS)
+_EXISTING_EVENT_IDS = (
+    "SELECT event_id::text FROM public.clickstream_events WHERE event_id = ANY(%s::uuid[])"
+)
 # Duplicates inside one batch need no DISTINCT: DO NOTHING also skips rows this INSERT added.
 _INSERT_NEW_EVENTS = sql.SQL(
     "INSERT INTO public.clickstream_events ({columns}) "
@@ -75,13 +88,8 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
     excluded=sql.SQL(", ").join(sql.Identifier("excluded", c) for c in _UPDATED_COLUMNS),
     existing=sql.SQL(", ").join(sql.Identifier("existing", c) for c in _UPDATED_COLUMNS),
 )
-_MARK_DIRTY = """
-INSERT INTO public.etl_dirty_hours (hour_start)
-SELECT DISTINCT date_trunc('hour', event_timestamp) FROM etl_staging
-ON CONFLICT DO NOTHING;
-INSERT INTO public.etl_dirty_sessions (session_id)
-SELECT DISTINCT session_id FROM etl_staging WHERE session_id IS NOT NULL
-ON CONFLICT DO NOTHING;
+_MARK_HOURS_DIRTY = """
+INSERT INTO public.etl_dirty_hours (hour_start) VALUES %s ON CONFLICT DO NOTHING
 """
 _RECORD_REJECTS = """
 INSERT INTO public.etl_rejects (object_key, line_number, reason, raw_text, run_id) VALUES %s
@@ -127,9 +135,17 @@ class RunReport:
 
 @dataclass(frozen=True)
 class _PreparedChunk:
-    """A transaction's worth of objects, parsed: CSV rows for COPY, rejects, ledger rows."""
+    """A transaction's worth of objects, parsed, ready for the warehouse.
 
+    ``csv_rows`` holds ``rows`` as COPY input, less events repeated within the chunk;
+    ``event_ids`` are those rows' ids in the same order.
+    """
+
+    rows: list[tuple]
     csv_rows: io.StringIO
+    event_ids: list[str]
+    repeated_in_chunk: int
+    dirty_hours: set[str]
     rejects: list[tuple]
     ledger_rows: list[tuple]
     missing: int
@@ -209,7 +225,9 @@ def unloaded_objects(
     """The raw objects of ``hours`` that are not in the load ledger (all of them with force)."""
     if not hours:
         return []
-    listed = [item for hour in hours for item in raw_store.list_hour(s3_client, bucket, hour)]
+    with ThreadPoolExecutor(max_workers=FETCH_CONCURRENCY) as pool:
+        per_hour = pool.map(lambda hour: raw_store.list_hour(s3_client, bucket, hour), hours)
+        listed = [item for hour_objects in per_hour for item in hour_objects]
     if force or not listed:
         return listed
     with connection.cursor() as cursor:
@@ -256,6 +274,11 @@ def _exclusive_run(connection) -> Iterator[bool]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", (RUN_LOCK_KEY,))
         acquired = cursor.fetchone()[0]
+        cursor.execute("SELECT to_regclass('pg_temp.etl_staging') IS NULL")
+        if cursor.fetchone()[0]:
+            # A chunk's staging table must stay in memory; settable only before a session's
+            # first use of temporary tables, so once, when the staging table is created.
+            cursor.execute(f"SET temp_buffers = '{STAGING_MEMORY}'")
         cursor.execute(_CREATE_STAGING)
     connection.commit()
     try:
@@ -312,11 +335,56 @@ def _load_objects(connection, s3_client, bucket, objects, report, deadline) -> N
     def read(item: RawObject) -> bytes | None:
         return raw_store.read_object(s3_client, bucket, item.key)
 
-    for chunk in _chunks(_fetch_in_order(objects, read)):
+    prepared_chunks = (
+        _prepare_chunk(chunk, report.run_id) for chunk in _chunks(_fetch_in_order(objects, read))
+    )
+    # Parsing the next chunk (Python, this process) overlaps merging this one (PostgreSQL).
+    for prepared in _read_ahead(prepared_chunks):
         if deadline is not None and time.monotonic() > deadline:
             report.pending_objects = len(objects) - report.objects - report.missing_objects
             return
-        _load_chunk(connection, _prepare_chunk(chunk, report.run_id), report)
+        _load_chunk(connection, prepared, report)
+
+
+def _read_ahead(items: Iterator[_PreparedChunk], depth: int = 1) -> Iterator[_PreparedChunk]:
+    """Yield ``items`` while a background thread produces up to ``depth`` of them ahead.
+
+    The producer's exceptions are raised here; leaving the loop early stops the producer.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(message: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(("item", item)):
+                    return
+            offer(("done", None))
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            offer(("error", error))
+
+    producer = threading.Thread(target=produce, name="clickstream-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        producer.join()
 
 
 def _fetch_in_order(
@@ -354,8 +422,7 @@ def _chunks(
 
 
 def _prepare_chunk(chunk: list[tuple[RawObject, bytes | None]], run_id: str) -> _PreparedChunk:
-    csv_rows = io.StringIO()
-    writer = csv.writer(csv_rows, lineterminator="\n")
+    rows: list[tuple] = []
     rejects: list[tuple] = []
     ledger_rows: list[tuple] = []
     missing = 0
@@ -373,12 +440,45 @@ def _prepare_chunk(chunk: list[tuple[RawObject, bytes | None]], run_id: str) -> 
                 rejected += 1
                 rejects.append((item.key, line_number, parsed.reason, parsed.raw_text, run_id))
             else:
-                writer.writerow(parsed)
+                rows.append(parsed)
         ledger_rows.append(
             (item.key, item.hour, item.etag, item.size, line_count, rejected, run_id)
         )
-    csv_rows.seek(0)
-    return _PreparedChunk(csv_rows, rejects, ledger_rows, missing)
+    unique_rows = _first_of_each_event(rows)
+    return _PreparedChunk(
+        rows=unique_rows,
+        csv_rows=_csv_of(unique_rows),
+        event_ids=[row[0] for row in unique_rows],
+        repeated_in_chunk=len(rows) - len(unique_rows),
+        dirty_hours={_utc_hour(row[1]) for row in unique_rows},
+        rejects=rejects,
+        ledger_rows=ledger_rows,
+        missing=missing,
+    )
+
+
+def _first_of_each_event(rows: list[tuple]) -> list[tuple]:
+    seen: set[str] = set()
+    unique = []
+    for row in rows:
+        if row[0] not in seen:
+            seen.add(row[0])
+            unique.append(row)
+    return unique
+
+
+def _csv_of(rows: Iterable[tuple]) -> io.StringIO:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    buffer.seek(0)
+    return buffer
+
+
+def _utc_hour(timestamp: str) -> str:
+    """'2025-12-01T10' for any contract timestamp in that UTC hour."""
+    if timestamp.endswith("Z"):
+        return timestamp[:13]
+    return datetime.fromisoformat(timestamp).astimezone(UTC).strftime("%Y-%m-%dT%H")
 
 
 def _parse_line(raw_line: bytes, line_number: int):
@@ -395,22 +495,14 @@ def _parse_line(raw_line: bytes, line_number: int):
 
 
 def _load_chunk(connection, prepared: _PreparedChunk, report: RunReport) -> None:
-    """One transaction: stage, merge, mark dirty, keep rejects, record the objects."""
+    """One transaction: the chunk's new events, its dirty hours, rejects and ledger rows."""
     try:
         with connection.cursor() as cursor:
-            cursor.copy_expert(_COPY_TO_STAGING, prepared.csv_rows)
-            staged = cursor.rowcount
             if report.forced:
-                cursor.execute(_UPSERT_EVENTS)
-                inserted, updated = cursor.fetchone()
+                inserted, updated = _upsert_through_staging(cursor, prepared)
             else:
-                cursor.execute(_INSERT_NEW_EVENTS)
-                inserted, updated = cursor.rowcount, 0
-            cursor.execute(_MARK_DIRTY)
-            if prepared.rejects:
-                execute_values(cursor, _RECORD_REJECTS, prepared.rejects, page_size=500)
-            if prepared.ledger_rows:
-                execute_values(cursor, _RECORD_LOADED_OBJECTS, prepared.ledger_rows, page_size=1000)
+                inserted, updated = _copy_new_events(connection, cursor, prepared), 0
+            _record_chunk(cursor, prepared)
         connection.commit()
     except Exception:
         if not connection.closed:
@@ -420,5 +512,46 @@ def _load_chunk(connection, prepared: _PreparedChunk, report: RunReport) -> None
     report.missing_objects += prepared.missing
     report.events_loaded += inserted
     report.events_updated += updated
-    report.duplicates_skipped += staged - inserted - updated
+    report.duplicates_skipped += (
+        prepared.repeated_in_chunk + len(prepared.rows) - inserted - updated
+    )
     report.rejected_lines += len(prepared.rejects)
+
+
+def _copy_new_events(connection, cursor, prepared: _PreparedChunk) -> int:
+    """COPY the events not in the warehouse yet straight into it; return how many.
+
+    Safe without ON CONFLICT because loads hold the run lock. Should a row have been written
+    outside it meanwhile, the unique key refuses the COPY and the chunk goes through staging.
+    """
+    cursor.execute("SAVEPOINT before_copy")
+    cursor.execute(_EXISTING_EVENT_IDS, (prepared.event_ids,))
+    existing = {event_id for (event_id,) in cursor.fetchall()}
+    new_rows = prepared.csv_rows
+    if existing:
+        new_rows = _csv_of(row for row in prepared.rows if row[0] not in existing)
+    try:
+        cursor.copy_expert(_COPY_TO_EVENTS, new_rows, size=COPY_READ_SIZE)
+    except psycopg2.errors.UniqueViolation:
+        cursor.execute("ROLLBACK TO SAVEPOINT before_copy")
+        prepared.csv_rows.seek(0)
+        cursor.copy_expert(_COPY_TO_STAGING, prepared.csv_rows, size=COPY_READ_SIZE)
+        cursor.execute(_INSERT_NEW_EVENTS)
+    return cursor.rowcount
+
+
+def _upsert_through_staging(cursor, prepared: _PreparedChunk) -> tuple[int, int]:
+    cursor.copy_expert(_COPY_TO_STAGING, prepared.csv_rows, size=COPY_READ_SIZE)
+    cursor.execute(_UPSERT_EVENTS)
+    inserted, updated = cursor.fetchone()
+    return inserted, updated
+
+
+def _record_chunk(cursor, prepared: _PreparedChunk) -> None:
+    if prepared.dirty_hours:
+        hours = [(f"{hour}:00:00+00",) for hour in sorted(prepared.dirty_hours)]
+        execute_values(cursor, _MARK_HOURS_DIRTY, hours, page_size=1000)
+    if prepared.rejects:
+        execute_values(cursor, _RECORD_REJECTS, prepared.rejects, page_size=500)
+    if prepared.ledger_rows:
+        execute_values(cursor, _RECORD_LOADED_OBJECTS, prepared.ledger_rows, page_size=1000)

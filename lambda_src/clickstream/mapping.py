@@ -135,7 +135,7 @@ def warehouse_row(record: dict[str, Any]) -> WarehouseRow:
     identity_source = fields.get("identity_source") or (None if user_id else "anonymous")
     product_id = fields.get("context_product_id")
     return (
-        record["event_id"],
+        record["event_id"].lower(),  # one spelling per uuid, so in-batch dedup sees repeats
         event_timestamp(fields.get("event_timestamp"), record["received_at"]),
         fields["event_name"],
         user_id,

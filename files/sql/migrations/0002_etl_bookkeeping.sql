@@ -52,16 +52,11 @@ CREATE TABLE public.etl_runs (
 
 CREATE INDEX etl_runs_started_at_idx ON public.etl_runs (started_at);
 
--- What a load touched and the aggregates have not caught up with yet. Marked in the load's
+-- The hours a load touched that the aggregates have not caught up with yet. Marked in the load's
 -- transaction, consumed by refresh_dirty_aggregates(): a crash between the two only delays it.
 CREATE TABLE public.etl_dirty_hours (
     hour_start timestamptz NOT NULL,
     CONSTRAINT etl_dirty_hours_pkey PRIMARY KEY (hour_start)
-);
-
-CREATE TABLE public.etl_dirty_sessions (
-    session_id text NOT NULL,
-    CONSTRAINT etl_dirty_sessions_pkey PRIMARY KEY (session_id)
 );
 
 -- Settings the ETL and the dashboards must agree on, kept in the warehouse itself.

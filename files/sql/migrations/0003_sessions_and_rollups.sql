@@ -62,47 +62,50 @@ CREATE TABLE public.rollup_activity_hourly (
     CONSTRAINT rollup_activity_hourly_pkey PRIMARY KEY (hour_start)
 );
 
--- Mark every hour and session with events in [range_start, range_end) for refresh: after a
--- change of the reporting time zone, or to rebuild the rollups of backfilled days.
+-- Mark every hour with events in [range_start, range_end) for refresh: after a change of the
+-- reporting time zone, or to rebuild the rollups of backfilled days.
 CREATE FUNCTION public.mark_range_dirty(range_start timestamptz, range_end timestamptz)
-RETURNS void
+RETURNS integer
 LANGUAGE sql
 SET search_path = public, pg_temp
 SET "TimeZone" = 'UTC'
 AS $$
-    INSERT INTO etl_dirty_hours (hour_start)
-    SELECT DISTINCT date_trunc('hour', event_timestamp) FROM clickstream_events
-    WHERE event_timestamp >= range_start AND event_timestamp < range_end
-    ON CONFLICT DO NOTHING;
-    INSERT INTO etl_dirty_sessions (session_id)
-    SELECT DISTINCT session_id FROM clickstream_events
-    WHERE event_timestamp >= range_start AND event_timestamp < range_end
-      AND session_id IS NOT NULL
-    ON CONFLICT DO NOTHING;
+    WITH marked AS (
+        INSERT INTO etl_dirty_hours (hour_start)
+        SELECT DISTINCT date_trunc('hour', event_timestamp) FROM clickstream_events
+        WHERE event_timestamp >= range_start AND event_timestamp < range_end
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM marked;
 $$;
 
--- Recompute the sessions, hours and days that loads marked dirty, from the events table, and
--- clear the marks, all in the caller's transaction. Recomputing (not adding) keeps the result
--- right whatever happened: duplicates, late events, forced reloads.
+-- Recompute the hours that loads marked dirty, their days and every session with an event in
+-- them, from the events table, and clear the marks, all in the caller's transaction.
+-- Recomputing (not adding) keeps the result right whatever happened: duplicates, late events,
+-- forced reloads.
 CREATE FUNCTION public.refresh_dirty_aggregates(
     OUT hours_refreshed integer, OUT days_refreshed integer, OUT sessions_refreshed integer
 )
 LANGUAGE plpgsql
 SET search_path = public, pg_temp
 SET "TimeZone" = 'UTC'
+-- Its aggregates hash a batch's sessions in memory instead of sorting them on disk.
+SET work_mem = '64MB'
 AS $$
 DECLARE
     reporting_tz text := coalesce(
         (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC');
+    hours_from timestamptz;
+    hours_until timestamptz;
+    days_from timestamptz;
+    days_until timestamptz;
 BEGIN
     DROP TABLE IF EXISTS pg_temp.refresh_hours, pg_temp.refresh_days, pg_temp.refresh_sessions;
 
     CREATE TEMP TABLE refresh_hours ON COMMIT DROP AS
         WITH taken AS (DELETE FROM etl_dirty_hours RETURNING hour_start)
         SELECT hour_start FROM taken;
-    CREATE TEMP TABLE refresh_sessions ON COMMIT DROP AS
-        WITH taken AS (DELETE FROM etl_dirty_sessions RETURNING session_id)
-        SELECT session_id FROM taken;
     -- An hour belongs to one local day, or two where the zone's offset is not whole hours.
     CREATE TEMP TABLE refresh_days ON COMMIT DROP AS
         SELECT day,
@@ -115,6 +118,19 @@ BEGIN
                                  (hour_start + interval '1 hour' - interval '1 microsecond'))
                      AS edges (moment)
         ) AS touched_days;
+    SELECT min(hour_start), max(hour_start) + interval '1 hour' INTO hours_from, hours_until
+    FROM refresh_hours;
+    SELECT min(day_start), max(day_end) INTO days_from, days_until FROM refresh_days;
+
+    -- Every aggregate reads the events of one time range (the BRIN index prunes the rest) and
+    -- keeps those of the dirty hours or days by a hash join on the truncated time: joining on
+    -- a range per hour would scan the table once per hour when the statistics are stale.
+    CREATE TEMP TABLE refresh_sessions ON COMMIT DROP AS
+        SELECT DISTINCT e.session_id
+        FROM clickstream_events AS e
+        JOIN refresh_hours AS h ON h.hour_start = date_trunc('hour', e.event_timestamp)
+        WHERE e.event_timestamp >= hours_from AND e.event_timestamp < hours_until
+          AND e.session_id IS NOT NULL;
     ANALYZE refresh_hours;
     ANALYZE refresh_days;
     ANALYZE refresh_sessions;
@@ -133,9 +149,9 @@ BEGIN
            count(*) FILTER (WHERE e.event_name = 'product_view'),
            count(*) FILTER (WHERE e.event_name = 'add_to_cart_click'),
            count(*) FILTER (WHERE e.event_name = 'checkout_complete')
-    FROM refresh_hours AS h
-    JOIN clickstream_events AS e
-      ON e.event_timestamp >= h.hour_start AND e.event_timestamp < h.hour_start + interval '1 hour'
+    FROM clickstream_events AS e
+    JOIN refresh_hours AS h ON h.hour_start = date_trunc('hour', e.event_timestamp)
+    WHERE e.event_timestamp >= hours_from AND e.event_timestamp < hours_until
     GROUP BY h.hour_start;
 
     DELETE FROM rollup_funnel_daily AS r USING refresh_days AS d WHERE r.day = d.day;
@@ -156,10 +172,10 @@ BEGIN
                bool_or(e.event_name = 'add_to_cart_click') AS carted,
                bool_or(e.event_name = 'checkout_start') AS checkout_started,
                bool_or(e.event_name = 'checkout_complete') AS checkout_completed
-        FROM refresh_days AS d
-        JOIN clickstream_events AS e
-          ON e.event_timestamp >= d.day_start AND e.event_timestamp < d.day_end
-        WHERE e.session_id IS NOT NULL
+        FROM clickstream_events AS e
+        JOIN refresh_days AS d ON d.day = (e.event_timestamp AT TIME ZONE reporting_tz)::date
+        WHERE e.event_timestamp >= days_from AND e.event_timestamp < days_until
+          AND e.session_id IS NOT NULL
         GROUP BY d.day, e.session_id
     ) AS session_days
     GROUP BY day;
@@ -178,10 +194,10 @@ BEGIN
            count(*) FILTER (WHERE e.event_name = 'add_to_cart_click'),
            count(DISTINCT e.session_id) FILTER (WHERE e.event_name = 'product_view'),
            count(DISTINCT e.session_id) FILTER (WHERE e.event_name = 'add_to_cart_click')
-    FROM refresh_days AS d
-    JOIN clickstream_events AS e
-      ON e.event_timestamp >= d.day_start AND e.event_timestamp < d.day_end
-    WHERE e.context_product_id IS NOT NULL
+    FROM clickstream_events AS e
+    JOIN refresh_days AS d ON d.day = (e.event_timestamp AT TIME ZONE reporting_tz)::date
+    WHERE e.event_timestamp >= days_from AND e.event_timestamp < days_until
+      AND e.context_product_id IS NOT NULL
     GROUP BY d.day, e.context_product_id;
 
     INSERT INTO sessions (

@@ -28,7 +28,7 @@ GRANT SELECT, INSERT, UPDATE ON
     TO clickstream_etl_writer;
 -- Marks and rollups are consumed and rebuilt by refresh_dirty_aggregates().
 GRANT SELECT, INSERT, UPDATE, DELETE ON
-    public.etl_dirty_hours, public.etl_dirty_sessions,
+    public.etl_dirty_hours,
     public.rollup_funnel_daily, public.rollup_product_daily, public.rollup_activity_hourly
     TO clickstream_etl_writer;
 GRANT SELECT ON public.warehouse_settings, public.schema_migrations TO clickstream_etl_writer;
