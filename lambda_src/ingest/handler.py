@@ -1,0 +1,435 @@
+"""Lambda Ingest: POST /clickstream (API Gateway HTTP API, payload 2.0) → one raw object in S3.
+
+A request carries one event (a JSON object) or a batch (a JSON array of 1 to 500 objects), sent as
+``application/json``, or as ``text/plain``: what ``navigator.sendBeacon`` sends with a string body,
+which spares the browser a CORS preflight. Every event must satisfy ``definitions/incomingEvent``
+of files/contract/clickstream-event.schema.json. A request is accepted or refused as a whole: one
+invalid event refuses the batch, and then nothing is written.
+
+Raw objects
+-----------
+Each accepted request becomes exactly one object in the raw bucket (env ``RAW_BUCKET``), under
+
+    events/YYYY/MM/DD/HH/events-<32 hex digits>.json
+
+The hour is the UTC hour in which API Gateway received the request, the partition that the hourly
+ETL reads; the hex digits are a new random UUID, so that two requests never share an object. The
+object is UTF-8 newline-delimited JSON (content type ``application/x-ndjson``): one raw record per
+event, in the order sent, each a line of compact JSON ending in ``\\n``. A raw record satisfies
+``definitions/rawRecord`` of the contract:
+
+    record_version  1. A new layout gets a new number, so that old objects stay readable.
+    event_id        lower-case UUID: the one the client sent (``eventId`` in the tracker shape,
+                    ``event_id`` in the warehouse shape), so that a retried request can be
+                    deduplicated downstream; a new random UUID when it sent none.
+    received_at     when API Gateway received the request (``requestContext.timeEpoch``), UTC,
+                    milliseconds, e.g. ``2025-12-01T10:15:00.123Z``; the same on every line of an
+                    object. The ETL takes it as the event time when the client sent no time, or
+                    an implausible one.
+    request_id      API Gateway's request id (Lambda's when absent): finds the request's log line.
+    user_agent      the browser's User-Agent (cut at the contract's 1024 characters), or null.
+    event           the event exactly as the client sent it, unknown fields included.
+
+For example (one line, shortened):
+
+    {"record_version":1,"event_id":"5f0c...","received_at":"2025-12-01T10:15:00.123Z",
+    "request_id":"c6af9ac6-...","user_agent":"Mozilla/5.0 ...","event":{"eventName":"page_view"}}
+
+Responses
+---------
+202 ``{"accepted": n, "event_ids": [...]}`` once the object is written. Anything else is JSON
+``{"error": code, "message": sentence}`` (plus ``problems``, a list of ``{path, reason}``, for
+422) and writes nothing: 405 not POST, 415 neither JSON nor text/plain, 400 a body that is empty,
+not base64, not UTF-8, not JSON, or not an object or non-empty array, 413 more than 1 MiB or
+more than 500 events, 422 events that break the contract, 503 S3 failed (the client may retry).
+Bad input never gets a 5xx; every refusal is one WARNING log line that keeps the first 4 KiB of
+the body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import logging
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from clickstream import contract, logs, mapping, partitions, raw_format
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_EVENTS_PER_REQUEST = 500
+ACCEPTED_MEDIA_TYPES = frozenset({"application/json", "text/plain"})
+
+# What a refusal's log line keeps: enough to see what a client sends, bounded so that one bad
+# request cannot make a log line larger than CloudWatch Logs takes (256 KiB per event).
+LOGGED_BODY_BYTES = 4 * 1024
+LOGGED_PROBLEMS = 100
+MAX_REASON_CHARS = 500
+
+# The contract bounds these raw-record fields; a longer header is cut rather than refused.
+_RAW_RECORD_FIELDS = contract.CONTRACT["definitions"]["rawRecord"]["properties"]
+USER_AGENT_MAX_CHARS: int = _RAW_RECORD_FIELDS["user_agent"]["maxLength"]
+REQUEST_ID_MAX_CHARS: int = _RAW_RECORD_FIELDS["request_id"]["maxLength"]
+
+# API Gateway gives up on the integration after 30 s: an S3 call that hangs must fail before.
+S3_CLIENT_CONFIG = Config(
+    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3}
+)
+METRIC_DIMENSIONS = {"Function": "ingest"}
+
+logger = logs.get_logger("clickstream.ingest")
+
+
+class RequestRejected(Exception):
+    """A request the ingest refuses because of what the client sent: a 4xx, logged."""
+
+    def __init__(
+        self, status: int, error: str, message: str, problems: Sequence[contract.Problem] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.problems = list(problems)
+
+
+@functools.cache
+def default_s3_client() -> Any:
+    """This execution environment's S3 client, made on first use, not at import time."""
+    return boto3.client("s3", config=S3_CLIENT_CONFIG)
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The Lambda entry point."""
+    return handle_request(
+        event,
+        s3_client=default_s3_client(),
+        bucket=os.environ["RAW_BUCKET"],
+        aws_request_id=getattr(context, "aws_request_id", None),
+    )
+
+
+def handle_request(
+    event: dict[str, Any], *, s3_client: Any, bucket: str, aws_request_id: str | None = None
+) -> dict[str, Any]:
+    """Validate one API Gateway request and write its events as one raw object to ``bucket``."""
+    request_context = event.get("requestContext") or {}
+    request_id = request_context.get("requestId") or aws_request_id
+    if request_id is not None:
+        request_id = str(request_id)[:REQUEST_ID_MAX_CHARS]
+    received_at = _received_at(request_context.get("timeEpoch"))
+    try:
+        records = _raw_records(event, received_at=received_at, request_id=request_id)
+        body = _raw_object(records)
+    except RequestRejected as rejection:
+        _log_rejection(rejection, event, request_id)
+        return _error_response(
+            rejection.status,
+            rejection.error,
+            rejection.message,
+            rejection.problems,
+            allow_post=rejection.status == 405,
+        )
+
+    key = partitions.object_key(received_at, uuid.uuid4().hex)
+    try:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=raw_format.CONTENT_TYPE)
+    except (BotoCoreError, ClientError) as error:
+        logs.log(
+            logger,
+            logging.ERROR,
+            "raw object not written",
+            error="storage_unavailable",
+            exception=f"{type(error).__name__}: {error}",
+            bucket=bucket,
+            object_key=key,
+            events=len(records),
+            request_id=request_id,
+            **logs.embedded_metrics({"StorageFailures": (1, "Count")}, METRIC_DIMENSIONS),
+        )
+        return _error_response(
+            503, "storage_unavailable", "The events could not be stored; please retry."
+        )
+
+    logs.log(
+        logger,
+        logging.INFO,
+        "request accepted",
+        accepted_events=len(records),
+        bucket=bucket,
+        object_key=key,
+        object_bytes=len(body),
+        request_id=request_id,
+        **logs.embedded_metrics(
+            {"AcceptedEvents": (len(records), "Count"), "RawObjectBytes": (len(body), "Bytes")},
+            METRIC_DIMENSIONS,
+        ),
+    )
+    return _json_response(
+        202, {"accepted": len(records), "event_ids": [record["event_id"] for record in records]}
+    )
+
+
+def _raw_records(
+    event: dict[str, Any], *, received_at: datetime, request_id: str | None
+) -> list[dict[str, Any]]:
+    """The raw records of an acceptable request; RequestRejected says why one is not."""
+    http = (event.get("requestContext") or {}).get("http") or {}
+    headers = {str(name).lower(): value for name, value in (event.get("headers") or {}).items()}
+    _require_post(http.get("method"))
+    _require_media_type(headers.get("content-type"))
+    events, is_batch = _parse_events(_body_bytes(event))
+    _require_valid_events(events, is_batch)
+    user_agent = _user_agent(http.get("userAgent") or headers.get("user-agent"))
+    records = [
+        mapping.new_raw_record(
+            incoming, received_at=received_at, request_id=request_id, user_agent=user_agent
+        )
+        for incoming in events
+    ]
+    _require_valid_records(records, is_batch)
+    return records
+
+
+def _require_post(method: Any) -> None:
+    if method != "POST":
+        raise RequestRejected(405, "method_not_allowed", f"Only POST is accepted, not {method}.")
+
+
+def _require_media_type(content_type: Any) -> None:
+    # Parameters such as "; charset=utf-8" do not matter: the body must be UTF-8 either way.
+    media_type = str(content_type or "").split(";", 1)[0].strip().lower()
+    if media_type not in ACCEPTED_MEDIA_TYPES:
+        sent = f"not {media_type}" if media_type else "and the request has none"
+        raise RequestRejected(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be application/json or text/plain, {sent}.",
+        )
+
+
+def _body_bytes(event: dict[str, Any]) -> bytes:
+    raw_body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            body = base64.b64decode(raw_body, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise RequestRejected(
+                400, "invalid_base64", f"The base64-encoded body does not decode: {error}."
+            ) from None
+    else:
+        try:
+            body = raw_body.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise RequestRejected(
+                400, "invalid_encoding", f"The body is not UTF-8 text: {error}."
+            ) from None
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestRejected(
+            413,
+            "body_too_large",
+            f"The body has {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted.",
+        )
+    if not body:
+        raise RequestRejected(400, "empty_body", "The body is empty; send a JSON event.")
+    return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to infinity, which JSON cannot write back: the raw line would be invalid.
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
+def _parse_events(body: bytes) -> tuple[list[Any], bool]:
+    """The events of a body, and whether it was a batch (an array)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestRejected(
+            400, "invalid_encoding", f"The body is not UTF-8 text: {error}."
+        ) from None
+    try:
+        document = json.loads(text, parse_float=_finite_float, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
+        raise RequestRejected(
+            400, "invalid_json", f"The body is not valid JSON: {error}."
+        ) from None
+    if isinstance(document, dict):
+        return [document], False
+    if not isinstance(document, list):
+        raise RequestRejected(
+            400,
+            "invalid_body_shape",
+            "The body must be a JSON object (one event) or an array of them (a batch), "
+            f"not a JSON {_json_type(document)}.",
+        )
+    if not document:
+        raise RequestRejected(400, "empty_batch", "The batch is an empty array; send events.")
+    if len(document) > MAX_EVENTS_PER_REQUEST:
+        raise RequestRejected(
+            413,
+            "too_many_events",
+            f"The batch has {len(document)} events; at most {MAX_EVENTS_PER_REQUEST} "
+            "are accepted per request.",
+        )
+    return document, True
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "string"
+
+
+def _require_valid_events(events: list[Any], is_batch: bool) -> None:
+    invalid = [
+        index
+        for index, incoming in enumerate(events)
+        if not contract.is_valid(incoming, contract.INCOMING_EVENT)
+    ]
+    if invalid:
+        found = [
+            problem
+            for index in invalid
+            for problem in contract.problems(
+                events[index], contract.INCOMING_EVENT, f"/{index}" if is_batch else ""
+            )
+        ]
+        raise RequestRejected(
+            422,
+            "contract_violation",
+            f"{len(invalid)} of {len(events)} events break the event contract; nothing was stored.",
+            found,
+        )
+
+
+def _require_valid_records(records: list[dict[str, Any]], is_batch: bool) -> None:
+    # Every line written must load: the record, not only the event, satisfies the contract, so a
+    # future change of the enrichment cannot write lines the ETL would reject.
+    found = [
+        problem
+        for index, record in enumerate(records)
+        if not contract.is_valid(record, contract.RAW_RECORD)
+        for problem in contract.problems(
+            record, contract.RAW_RECORD, f"/{index}" if is_batch else ""
+        )
+    ]
+    if found:
+        raise RequestRejected(
+            422,
+            "contract_violation",
+            "The events cannot be stored as valid raw records; nothing was stored.",
+            found,
+        )
+
+
+def _received_at(time_epoch_ms: Any) -> datetime:
+    # API Gateway's receive time, exact to the millisecond (no float division).
+    if isinstance(time_epoch_ms, int) and not isinstance(time_epoch_ms, bool):
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=time_epoch_ms)
+    return datetime.now(UTC)
+
+
+def _user_agent(value: Any) -> str | None:
+    return str(value)[:USER_AGENT_MAX_CHARS] if value else None
+
+
+def _raw_object(records: list[dict[str, Any]]) -> bytes:
+    try:
+        return raw_format.encode_raw_object(records)
+    except UnicodeEncodeError:
+        # JSON may escape half a surrogate pair ("\ud800"): no UTF-8 text, no database, holds it.
+        raise RequestRejected(
+            400,
+            "invalid_json",
+            "The body escapes a lone UTF-16 surrogate (such as \\ud800), which is no character.",
+        ) from None
+    except RecursionError:  # nesting that parsed, but one level deeper inside a record
+        raise RequestRejected(400, "invalid_json", "The JSON is nested too deeply.") from None
+
+
+def _shorten(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    # Keep both ends: jsonschema puts the offending value first and the rule last.
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    return f"{text[:head]} … {text[-(limit - head) :]}"
+
+
+def _problem_dicts(problems: list[contract.Problem]) -> list[dict[str, str]]:
+    return [{"path": p.path, "reason": _shorten(p.reason)} for p in problems]
+
+
+def _body_excerpt(event: dict[str, Any]) -> tuple[str, int]:
+    """The first LOGGED_BODY_BYTES of the body as text, and the body's full size in bytes."""
+    raw_body = event.get("body") or ""
+    try:
+        body = base64.b64decode(raw_body, validate=True) if event.get("isBase64Encoded") else b""
+    except (binascii.Error, ValueError):
+        body = b""
+    if not body:
+        body = str(raw_body).encode("utf-8", "backslashreplace")
+    return body[:LOGGED_BODY_BYTES].decode("utf-8", "replace"), len(body)
+
+
+def _log_rejection(rejection: RequestRejected, event: dict[str, Any], request_id: Any) -> None:
+    excerpt, body_bytes = _body_excerpt(event)
+    fields: dict[str, Any] = {
+        "status": rejection.status,
+        "error": rejection.error,
+        "reason": rejection.message,
+        "request_id": request_id,
+        "body": excerpt,
+        "body_bytes": body_bytes,
+        "body_truncated": body_bytes > LOGGED_BODY_BYTES,
+    }
+    if rejection.problems:
+        fields["problems"] = _problem_dicts(rejection.problems[:LOGGED_PROBLEMS])
+        fields["problem_count"] = len(rejection.problems)
+    fields.update(logs.embedded_metrics({"RejectedRequests": (1, "Count")}, METRIC_DIMENSIONS))
+    logs.log(logger, logging.WARNING, "request rejected", **fields)
+
+
+def _json_response(
+    status: int, body: dict[str, Any], extra_headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"content-type": "application/json", **(extra_headers or {})},
+        "body": json.dumps(body),
+    }
+
+
+def _error_response(
+    status: int,
+    error: str,
+    message: str,
+    problems: list[contract.Problem] | None = None,
+    *,
+    allow_post: bool = False,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": error, "message": message}
+    if problems:
+        body["problems"] = _problem_dicts(problems)
+    return _json_response(status, body, {"allow": "POST"} if allow_post else None)
