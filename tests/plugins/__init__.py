@@ -1,0 +1,1 @@
+"""Tests for our Ansible modules and module_utils (plugins/)."""
