@@ -107,3 +107,16 @@ def test_lines_that_cannot_become_rows_are_rejected_with_a_reason():
         assert isinstance(parsed, RejectedLine)
         assert reason in parsed.reason
         assert (parsed.line_number, parsed.raw_text) == (7, line)
+
+
+def test_an_impossible_client_date_falls_back_to_the_receive_time():
+    event = tracker_event(eventTimestamp="2025-02-30T10:00:00Z")  # the pattern cannot tell
+    assert row_of(raw_record(event, RECEIVED))["event_timestamp"] == "2025-12-01T10:15:00.123Z"
+
+
+def test_a_line_with_an_impossible_receive_time_is_rejected_not_raised():
+    record = raw_record(tracker_event(), RECEIVED)
+    record["received_at"] = "2025-13-45T99:99:99Z"  # matches the pattern, is no date
+    parsed = parse_raw_line(json.dumps(record), 3)
+    assert isinstance(parsed, RejectedLine)
+    assert "cannot be mapped" in parsed.reason

@@ -64,8 +64,12 @@ _COPY_TO_STAGING = sql.SQL("COPY etl_staging ({}) FROM STDIN WITH (FORMAT csv)")
 _COPY_TO_EVENTS = sql.SQL(
     "COPY public.clickstream_events ({}) FROM STDIN WITH (FORMAT csv)"
 ).format(_COLUMNS)
+# One primary-key probe per candidate (LATERAL ... LIMIT 1): a plain "= ANY" or a join is planned
+# as a scan of the whole table while its statistics still describe it before this load.
 _EXISTING_EVENT_IDS = (
-    "SELECT event_id::text FROM public.clickstream_events WHERE event_id = ANY(%s::uuid[])"
+    "SELECT candidate.event_id::text FROM unnest(%s::uuid[]) AS candidate (event_id), "
+    "LATERAL (SELECT 1 FROM public.clickstream_events AS e "
+    "WHERE e.event_id = candidate.event_id LIMIT 1) AS found"
 )
 # Duplicates inside one batch need no DISTINCT: DO NOTHING also skips rows this INSERT added.
 _INSERT_NEW_EVENTS = sql.SQL(

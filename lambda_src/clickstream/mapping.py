@@ -6,12 +6,13 @@ becomes a row of ``clickstream_events``; a fix here reaches old data by a forced
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from clickstream import contract
 
@@ -77,8 +78,12 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def client_event_id(event: dict[str, Any]) -> str | None:
-    """The event id the sender chose, if any (our tracker does; the original one does not)."""
-    return event.get("eventId") or event.get("event_id")
+    """The event id the sender chose, if any (our tracker does; the original one does not).
+
+    Only the id field of the event's own shape counts, the one the contract checks: eventId in
+    the tracker shape, event_id in the warehouse shape. The other is just an unknown field.
+    """
+    return event.get("eventId") if "eventName" in event else event.get("event_id")
 
 
 def new_raw_record(
@@ -118,10 +123,13 @@ def _flat_fields(event: dict[str, Any]) -> dict[str, Any]:
 
 def event_timestamp(client_time: str | None, received_at: str) -> str:
     """The event's time: the client's when it is plausible, else the server receive time."""
+    received_moment = datetime.fromisoformat(received_at)
     if client_time is None:
         return received_at
-    client_moment = datetime.fromisoformat(client_time)
-    received_moment = datetime.fromisoformat(received_at)
+    try:
+        client_moment = datetime.fromisoformat(client_time)
+    except ValueError:  # the contract's pattern admits impossible dates such as 2025-02-30
+        return received_at
     if -CLIENT_CLOCK_MAX_LEAD <= received_moment - client_moment <= CLIENT_CLOCK_MAX_LAG:
         return client_time
     return received_at
@@ -169,8 +177,8 @@ class RejectedLine:
 def parse_raw_line(line: str, line_number: int) -> WarehouseRow | RejectedLine:
     """One line of a raw object → a warehouse row, or the reason it is rejected."""
     try:
-        record = json.loads(line)
-    except ValueError as error:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
         return RejectedLine(line_number, f"invalid JSON: {error}", line)
     if not contract.is_valid(record, contract.RAW_RECORD):
         reasons = "; ".join(str(p) for p in contract.problems(record, contract.RAW_RECORD))
@@ -180,4 +188,7 @@ def parse_raw_line(line: str, line_number: int) -> WarehouseRow | RejectedLine:
         return RejectedLine(
             line_number, "contains U+0000, which PostgreSQL text cannot store", line
         )
-    return warehouse_row(record)
+    try:
+        return warehouse_row(record)
+    except ValueError as error:  # e.g. a received_at of 2025-02-30: a pattern cannot tell
+        return RejectedLine(line_number, f"cannot be mapped to a warehouse row: {error}", line)
