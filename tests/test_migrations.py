@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import psycopg2
 import pytest
 from psycopg2 import errors
 
 from clickstream import migrations
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 INSERT_ONE_EVENT = (
     "INSERT INTO clickstream_events (event_id, event_timestamp, event_name, received_at)"
@@ -121,3 +129,32 @@ def test_the_dashboard_reader_can_only_read(warehouse, statement):
                 cursor.execute(statement)
     finally:
         connection.close()
+
+
+def run_cli(postgres, database, *arguments):
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPOSITORY / "lambda_src"),
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(postgres.port),
+        "PGUSER": "postgres",
+        "PGPASSWORD": postgres.superuser_password,
+        "PGDATABASE": database,
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "clickstream.migrations", *arguments],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return completed.returncode, json.loads(completed.stdout)
+
+
+def test_the_command_line_reports_pending_in_check_mode_then_applies_once(postgres, empty_database):
+    labels = [m.label for m in migrations.discover()]
+    assert run_cli(postgres, empty_database, "--check") == (0, {"applied": [], "pending": labels})
+    assert run_cli(postgres, empty_database) == (0, {"applied": labels, "pending": []})
+    assert run_cli(postgres, empty_database) == (0, {"applied": [], "pending": []})
+    assert run_cli(postgres, empty_database, "--check") == (0, {"applied": [], "pending": []})

@@ -6,7 +6,13 @@ the dwh_schema role use: it records each applied version with the checksum of it
 record, and refuses to run when an applied file has since been edited (a new migration is the
 way to change the schema). Concurrent runners serialise on an advisory lock.
 
-Usage: python -m clickstream.migrations  (connection from the standard PG* environment variables)
+Usage (the connection comes from the standard libpq PG* environment variables):
+
+    python -m clickstream.migrations            apply what is pending
+    python -m clickstream.migrations --check    only report what is pending
+
+Both print one JSON object, {"applied": [...], "pending": [...]}, and exit 1 with
+{"error": "..."} when the migrations cannot be applied as they are.
 """
 
 from __future__ import annotations
@@ -134,20 +140,29 @@ def apply_migrations(connection, migrations: list[Migration] | None = None) -> l
             cursor.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
-def main() -> int:
-    import psycopg2  # the libpq environment (PGHOST, PGDATABASE, ...) says where
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
 
-    connection = psycopg2.connect("")
+    import psycopg2
+
+    parser = argparse.ArgumentParser(description="Apply the clickstream warehouse migrations.")
+    parser.add_argument(
+        "--check", action="store_true", help="report what is pending, apply nothing"
+    )
+    arguments = parser.parse_args(argv)
+    connection = psycopg2.connect("")  # the libpq environment (PGHOST, PGDATABASE, ...) says where
     try:
-        applied = apply_migrations(connection)
+        if arguments.check:
+            result = {"applied": [], "pending": [m.label for m in pending(connection, discover())]}
+        else:
+            result = {"applied": [m.label for m in apply_migrations(connection)], "pending": []}
     except MigrationError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(json.dumps({"error": str(error)}))
         return 1
     finally:
         connection.close()
-    print(
-        "applied: " + (", ".join(m.label for m in applied) if applied else "nothing (up to date)")
-    )
+    print(json.dumps(result))
     return 0
 
 
