@@ -130,6 +130,8 @@ class RunReport:
     pending_objects: int = 0
     lag_seconds: float | None = None
     aggregates_refreshed: dict[str, int] = field(default_factory=dict)
+    # Wall time of each phase: listing the partitions, loading the objects, refreshing aggregates.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     detail: str | None = None
     duration_seconds: float = 0.0
 
@@ -254,14 +256,19 @@ def _run(connection, s3_client, bucket, report, hours_to_list, deadline, now) ->
             return report
         _record_run(connection, report, started=True)
         try:
-            hours = hours_to_list()
-            report.hours_listed = len(hours)
-            objects = unloaded_objects(connection, s3_client, bucket, hours, force=report.forced)
+            with _timed(report, "list"):
+                hours = hours_to_list()
+                report.hours_listed = len(hours)
+                objects = unloaded_objects(
+                    connection, s3_client, bucket, hours, force=report.forced
+                )
             if objects:
                 oldest = min(item.last_modified for item in objects)
                 report.lag_seconds = max(0.0, (now - oldest).total_seconds())
-            _load_objects(connection, s3_client, bucket, objects, report, deadline)
-            report.aggregates_refreshed = refresh_aggregates(connection)
+            with _timed(report, "load"):
+                _load_objects(connection, s3_client, bucket, objects, report, deadline)
+            with _timed(report, "refresh"):
+                report.aggregates_refreshed = refresh_aggregates(connection)
             report.status = "incomplete" if report.pending_objects else "succeeded"
         except Exception as error:
             report.status = "failed"
@@ -271,6 +278,15 @@ def _run(connection, s3_client, bucket, report, hours_to_list, deadline, now) ->
             report.duration_seconds = round(time.monotonic() - started, 3)
             _record_run(connection, report, started=False)
     return report
+
+
+@contextmanager
+def _timed(report: RunReport, phase: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        report.phase_seconds[phase] = round(time.monotonic() - started, 3)
 
 
 @contextmanager
