@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,9 +16,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from clickstream import loader
+from clickstream import loader, raw_store
 from clickstream.mapping import WAREHOUSE_COLUMNS
 from clickstream.partitions import hour_prefix, hours_between
+from clickstream.raw_store import RawObject
 from tests.fixtures.aws import aws_environment
 from tests.raw_events import put_raw_bytes, put_raw_object, raw_record, tracker_event
 
@@ -377,3 +379,54 @@ def test_an_event_written_outside_the_run_lock_is_skipped_not_fatal(
 
     assert (report.status, report.events_loaded, report.duplicates_skipped) == ("succeeded", 2, 1)
     assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 3
+
+
+def test_a_run_out_of_time_stops_between_transactions_and_the_next_carries_on(
+    warehouse, aws, raw_bucket, monkeypatch
+):
+    s3 = aws.client("s3")
+    for minute in range(3):
+        received = HOUR_1 + timedelta(minutes=minute)
+        put_raw_object(s3, raw_bucket, events_in(received, 4, session=f"s{minute}"), received)
+    monkeypatch.setattr(loader, "CHUNK_TARGET_LINES", 4)  # one object per transaction
+    connection = warehouse.etl_connection()
+    try:
+        out_of_time = loader.run_scheduled(
+            connection, s3, raw_bucket, now=NOW, deadline=time.monotonic() - 1
+        )
+    finally:
+        connection.close()
+    assert (out_of_time.status, out_of_time.objects, out_of_time.pending_objects) == (
+        "incomplete",
+        0,
+        3,
+    )
+
+    report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.status, report.objects, report.events_loaded) == ("succeeded", 3, 12)
+
+
+def test_an_object_gone_between_listing_and_reading_is_counted_not_fatal(
+    warehouse, aws, raw_bucket, monkeypatch
+):
+    put_raw_object(aws.client("s3"), raw_bucket, events_in(HOUR_1, 2), HOUR_1)
+    listed_for_real = raw_store.list_hour
+
+    def listing_with_an_expired_object(s3_client, bucket, hour):
+        found = listed_for_real(s3_client, bucket, hour)
+        if hour == HOUR_1:
+            gone = RawObject(hour_prefix(HOUR_1) + "events-expired.json", HOUR_1, 10, "x", NOW)
+            found.append(gone)
+        return found
+
+    monkeypatch.setattr(raw_store, "list_hour", listing_with_an_expired_object)
+
+    report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.status, report.objects, report.missing_objects, report.events_loaded) == (
+        "succeeded",
+        1,
+        1,
+        2,
+    )
