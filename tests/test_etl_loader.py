@@ -53,6 +53,13 @@ def events_in(hour: datetime, count: int, session: str = "session-1") -> list[di
     ]
 
 
+def put_one_object_per_minute(s3, bucket, objects: int, events_each: int) -> None:
+    """``objects`` raw objects in HOUR_1, a minute apart, each one session of ``events_each``."""
+    for minute in range(objects):
+        received = HOUR_1 + timedelta(minutes=minute)
+        put_raw_object(s3, bucket, events_in(received, events_each, session=f"s{minute}"), received)
+
+
 def test_every_field_of_a_raw_event_lands_in_its_column(warehouse, aws, raw_bucket):
     event = tracker_event(
         eventId="6f1c7f8e-2f55-4c1e-9a1b-0d9b3c1e2a77",
@@ -189,9 +196,7 @@ def test_a_run_interrupted_between_objects_keeps_what_it_committed_and_the_next_
     warehouse, aws, raw_bucket, monkeypatch
 ):
     s3 = aws.client("s3")
-    for minute in range(6):
-        received = HOUR_1 + timedelta(minutes=minute)
-        put_raw_object(s3, raw_bucket, events_in(received, 10, session=f"s{minute}"), received)
+    put_one_object_per_minute(s3, raw_bucket, 6, 10)
     monkeypatch.setattr(loader, "CHUNK_TARGET_LINES", 10)  # one object per transaction
     transactions = []
     original_load_chunk = loader._load_chunk
@@ -220,9 +225,7 @@ def test_a_run_interrupted_between_objects_keeps_what_it_committed_and_the_next_
 
 def test_two_concurrent_runs_never_load_anything_twice(warehouse, aws, raw_bucket):
     s3 = aws.client("s3")
-    for minute in range(20):
-        received = HOUR_1 + timedelta(minutes=minute)
-        put_raw_object(s3, raw_bucket, events_in(received, 25, session=f"s{minute}"), received)
+    put_one_object_per_minute(s3, raw_bucket, 20, 25)
     start = threading.Barrier(2)
     reports = []
 
@@ -385,9 +388,7 @@ def test_a_run_out_of_time_stops_between_transactions_and_the_next_carries_on(
     warehouse, aws, raw_bucket, monkeypatch
 ):
     s3 = aws.client("s3")
-    for minute in range(3):
-        received = HOUR_1 + timedelta(minutes=minute)
-        put_raw_object(s3, raw_bucket, events_in(received, 4, session=f"s{minute}"), received)
+    put_one_object_per_minute(s3, raw_bucket, 3, 4)
     monkeypatch.setattr(loader, "CHUNK_TARGET_LINES", 4)  # one object per transaction
     connection = warehouse.etl_connection()
     try:
