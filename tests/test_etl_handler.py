@@ -148,3 +148,14 @@ def test_without_any_password_setting_the_error_says_which_to_set(etl_environmen
     monkeypatch.delenv("DWH_PASSWORD")
     with pytest.raises(ConfigurationError, match="DWH_PASSWORD_PARAM"):
         etl_handler.handler({}, None)
+
+
+def test_a_dry_run_window_reports_the_plan_and_loads_nothing(etl_environment, aws, raw_bucket):
+    put_events(aws, raw_bucket)
+    result = etl_handler.handler({**WINDOW_EVENT, "dry_run": True}, None)
+    assert result == {
+        "dry_run": True,
+        "forced": False,
+        "hours": [{"hour": HOUR.isoformat(), "objects": 1, "loaded": 0, "to_load": 1}],
+    }
+    assert etl_environment.scalar("SELECT count(*) FROM clickstream_events") == 0

@@ -431,3 +431,33 @@ def test_an_object_gone_between_listing_and_reading_is_counted_not_fatal(
         1,
         2,
     )
+
+
+def test_a_window_plan_counts_objects_and_loaded_ones_per_hour_and_changes_nothing(
+    warehouse, aws, raw_bucket
+):
+    s3 = aws.client("s3")
+    for hours, objects in ((0, 2), (1, 1), (2, 0), (3, 3)):
+        received = HOUR_1 + timedelta(hours=hours)
+        for _ in range(objects):
+            put_raw_object(s3, raw_bucket, events_in(received, 1), received)
+    window(warehouse, aws, raw_bucket, HOUR_1, HOUR_1 + timedelta(hours=1))
+    connection = warehouse.etl_connection()
+    try:
+        plan = loader.plan_window(
+            connection, s3, raw_bucket, start=HOUR_1, end=HOUR_1 + timedelta(hours=3)
+        )
+        forced = loader.plan_window(
+            connection, s3, raw_bucket, start=HOUR_1, end=HOUR_1 + timedelta(hours=3), force=True
+        )
+    finally:
+        connection.close()
+    assert [(p.objects, p.loaded, p.to_load) for p in plan] == [
+        (2, 2, 0),
+        (1, 1, 0),
+        (0, 0, 0),
+        (3, 0, 3),
+    ]
+    assert [p.to_load for p in forced] == [2, 1, 0, 3]
+    assert plan[3].hour == (HOUR_1 + timedelta(hours=3)).isoformat()
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 3

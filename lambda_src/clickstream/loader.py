@@ -225,17 +225,61 @@ def run_window(
     )
 
 
+@dataclass(frozen=True)
+class HourPlan:
+    """What a window run would do in one hour partition: objects there, and already loaded."""
+
+    hour: str
+    objects: int
+    loaded: int
+    to_load: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_window(
+    connection, s3_client, bucket: str, *, start: datetime, end: datetime, force: bool = False
+) -> list[HourPlan]:
+    """Per hour of the window: the raw objects found and how many the ledger holds. Reads only."""
+    if end < start:
+        raise ValueError(
+            f"the window ends ({end.isoformat()}) before it starts ({start.isoformat()})"
+        )
+    hours = list(hours_between(start, end))
+    listed = _list_hours(s3_client, bucket, hours)
+    loaded_keys = _loaded_keys(connection, hours)
+    plans = []
+    for hour, objects in listed.items():
+        loaded = sum(1 for item in objects if item.key in loaded_keys)
+        to_load = len(objects) if force else len(objects) - loaded
+        plans.append(HourPlan(hour.isoformat(), len(objects), loaded, to_load))
+    return plans
+
+
 def unloaded_objects(
     connection, s3_client, bucket: str, hours: list[datetime], *, force: bool = False
 ) -> list[RawObject]:
     """The raw objects of ``hours`` that are not in the load ledger (all of them with force)."""
     if not hours:
         return []
-    with ThreadPoolExecutor(max_workers=FETCH_CONCURRENCY) as pool:
-        per_hour = pool.map(lambda hour: raw_store.list_hour(s3_client, bucket, hour), hours)
-        listed = [item for hour_objects in per_hour for item in hour_objects]
+    listed = [
+        item for objects in _list_hours(s3_client, bucket, hours).values() for item in objects
+    ]
     if force or not listed:
         return listed
+    loaded_keys = _loaded_keys(connection, hours)
+    return [item for item in listed if item.key not in loaded_keys]
+
+
+def _list_hours(s3_client, bucket: str, hours: list[datetime]) -> dict[datetime, list[RawObject]]:
+    """Each hour's raw objects, the partitions listed in parallel (one LIST is a round trip)."""
+    with ThreadPoolExecutor(max_workers=FETCH_CONCURRENCY) as pool:
+        per_hour = pool.map(lambda hour: raw_store.list_hour(s3_client, bucket, hour), hours)
+        return dict(zip(hours, per_hour, strict=True))
+
+
+def _loaded_keys(connection, hours: list[datetime]) -> set[str]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT object_key FROM public.etl_loaded_objects "
@@ -244,7 +288,7 @@ def unloaded_objects(
         )
         loaded = {key for (key,) in cursor.fetchall()}
     connection.commit()
-    return [item for item in listed if item.key not in loaded]
+    return loaded
 
 
 def _run(connection, s3_client, bucket, report, hours_to_list, deadline, now) -> RunReport:

@@ -3,7 +3,9 @@
 Invocations:
 - scheduled (the EventBridge rule, or ``{}``): load every raw object not loaded yet;
 - window (``{"start": ISO-8601, "end": ISO-8601, "force": false}``): load the hour partitions
-  from start to end; ``force`` reloads objects already loaded (the backfill module sends this).
+  from start to end; ``force`` reloads objects already loaded (the backfill module sends this);
+  with ``"dry_run": true`` it loads nothing and returns, per hour, the objects found and how many
+  are loaded already (the backfill module's check mode).
 
 Environment: RAW_BUCKET, DWH_HOST, DWH_PORT, DWH_USER, DWH_DATABASE, and DWH_PASSWORD_PARAM (an
 SSM SecureString parameter name) or, outside AWS, DWH_PASSWORD. Optional: ETL_LOOKBACK_HOURS,
@@ -47,6 +49,7 @@ class WindowRequest:
     start: datetime
     end: datetime
     force: bool
+    dry_run: bool = False
 
 
 def parse_invocation(event: Any) -> WindowRequest | None:
@@ -60,10 +63,11 @@ def parse_invocation(event: Any) -> WindowRequest | None:
     start, end = (_parse_moment(event[name], name) for name in ("start", "end"))
     if end < start:
         raise ValueError(f"'end' ({event['end']}) is before 'start' ({event['start']})")
-    force = event.get("force", False)
-    if not isinstance(force, bool):
-        raise ValueError("'force' must be true or false")
-    return WindowRequest(start, end, force)
+    flags = {name: event.get(name, False) for name in ("force", "dry_run")}
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"'{name}' must be true or false")
+    return WindowRequest(start, end, **flags)
 
 
 def _parse_moment(value: Any, name: str) -> datetime:
@@ -92,6 +96,16 @@ def _int_setting(environ: Mapping[str, str], name: str, default: int) -> int:
         return int(environ.get(name, default))
     except ValueError as error:
         raise ConfigurationError(f"{name} must be a whole number: {error}") from error
+
+
+def _plan(connection, bucket: str, request: WindowRequest) -> dict[str, Any]:
+    """A dry run: what a window run would load, per hour; reads only."""
+    hours = loader.plan_window(
+        connection, _s3_client(), bucket, start=request.start, end=request.end, force=request.force
+    )
+    plan = {"dry_run": True, "forced": request.force, "hours": [h.as_dict() for h in hours]}
+    log(LOGGER, logging.INFO, "ETL dry run", objects_to_load=sum(h.to_load for h in hours))
+    return plan
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
@@ -124,6 +138,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
                     ),
                     deadline=deadline,
                 )
+            elif request.dry_run:
+                return _plan(connection, bucket, request)
             else:
                 report = loader.run_window(
                     connection,
