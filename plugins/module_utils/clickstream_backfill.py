@@ -1,0 +1,120 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pure logic of the clickstream_backfill module: windows, chunks, results. No AWS, no database."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+HOUR = timedelta(hours=1)
+COUNTS = (
+    "objects",
+    "events_loaded",
+    "events_updated",
+    "duplicates_skipped",
+    "rejected_lines",
+    "missing_objects",
+)
+
+
+class BackfillError(Exception):
+    """The backfill cannot go on; the message says why and what to do."""
+
+
+def parse_hour(text: str, name: str) -> datetime:
+    """An ISO-8601 time (``2025-12-01T00`` names an hour), as the UTC hour that holds it."""
+    if not isinstance(text, str) or not text.strip():
+        raise BackfillError(f"{name} is empty: give an ISO-8601 hour such as 2025-12-01T00")
+    value = text.strip()
+    if len(value) == 13:  # 2025-12-01T00
+        value += ":00"
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BackfillError(
+            f"{name}={text!r} is not an ISO-8601 time such as 2025-12-01T00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def window_hours(start: datetime, end: datetime, max_hours: int) -> list[datetime]:
+    """Every hour from start to end inclusive; an error for a reversed or too large window."""
+    if end < start:
+        raise BackfillError(
+            f"the window is reversed: end {end:%Y-%m-%dT%H} is before start {start:%Y-%m-%dT%H}"
+        )
+    count = int((end - start) / HOUR) + 1
+    if count > max_hours:
+        raise BackfillError(
+            f"the window has {count} hours, more than max_window_hours={max_hours}: "
+            "split it, or raise max_window_hours"
+        )
+    return [start + index * HOUR for index in range(count)]
+
+
+def chunks(hours: list[datetime], chunk_hours: int) -> list[tuple[datetime, datetime]]:
+    """Consecutive (first hour, last hour) pairs of at most ``chunk_hours`` hours, in order."""
+    if chunk_hours < 1:
+        raise BackfillError(f"chunk_hours must be at least 1, not {chunk_hours}")
+    return [
+        (hours[index], hours[min(index + chunk_hours, len(hours)) - 1])
+        for index in range(0, len(hours), chunk_hours)
+    ]
+
+
+def hour_text(hour: datetime) -> str:
+    return hour.strftime("%Y-%m-%dT%H")
+
+
+def window_request(first: datetime, last: datetime, force: bool, dry_run: bool = False) -> dict:
+    """The ETL's window invocation for the hours first..last."""
+    request: dict[str, Any] = {
+        "start": first.isoformat(),
+        "end": last.isoformat(),
+        "force": force,
+    }
+    if dry_run:
+        request["dry_run"] = True
+    return request
+
+
+def invocation_result(function_error: str | None, payload: bytes) -> dict[str, Any]:
+    """The ETL's answer to a synchronous invocation; BackfillError when the function failed."""
+    try:
+        document = json.loads(payload.decode("utf-8")) if payload else None
+    except (UnicodeDecodeError, ValueError):
+        document = None
+    if function_error:
+        detail = document if isinstance(document, dict) else {}
+        message = detail.get("errorMessage") or payload.decode("utf-8", "replace")[:500]
+        kind = detail.get("errorType") or function_error
+        raise BackfillError(f"the ETL function failed: {kind}: {message}")
+    if not isinstance(document, dict):
+        raise BackfillError(f"the ETL function answered something unexpected: {payload[:200]!r}")
+    return document
+
+
+def chunk_result(first: datetime, last: datetime, report: dict[str, Any]) -> dict[str, Any]:
+    """One chunk's line of the module's results."""
+    result = {"start": hour_text(first), "end": hour_text(last), "status": report.get("status")}
+    result.update({name: int(report.get(name) or 0) for name in COUNTS})
+    result["duration_seconds"] = report.get("duration_seconds")
+    return result
+
+
+def totals(results: list[dict[str, Any]]) -> dict[str, int]:
+    summed = {name: sum(result[name] for result in results) for name in COUNTS}
+    summed["chunks"] = len(results)
+    return summed
+
+
+def plan_totals(hours: list[dict[str, Any]]) -> dict[str, int]:
+    return {
+        "hours": len(hours),
+        "objects": sum(hour["objects"] for hour in hours),
+        "loaded": sum(hour["loaded"] for hour in hours),
+        "to_load": sum(hour["to_load"] for hour in hours),
+    }

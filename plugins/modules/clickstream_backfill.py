@@ -1,0 +1,394 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: load a window of raw clickstream hour partitions into the warehouse."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: clickstream_backfill
+short_description: Backfill a window of raw clickstream hours from S3 into the warehouse
+description:
+  - Loads the raw objects under C(events/YYYY/MM/DD/HH/) of the raw bucket, for every hour from
+    O(start) to O(end), into the clickstream warehouse, in order, O(chunk_hours) at a time.
+  - Uses the platform's one load implementation. With O(mode=lambda) it invokes the ETL Lambda's
+    window run for each chunk. With O(mode=direct) it runs the same load code where the module
+    runs, for example on the warehouse host over SSM, which reaches S3 through the gateway
+    endpoint and has no 15-minute limit.
+  - Objects already in the warehouse's load ledger are skipped, so a second run of a window
+    changes nothing, unless O(force=true), which reloads them without duplicating any event (rows
+    whose mapping changed are rewritten).
+  - In check mode it reports, per hour, the objects found and how many are loaded already, and
+    changes nothing.
+  - Stops at the first chunk that fails and returns C(resume_from), the hour to start again from.
+author:
+  - Clickstream platform maintainers
+options:
+  start:
+    description:
+      - The first hour of the window, ISO-8601 (V(2025-12-01T00) names an hour); UTC unless it
+        carries an offset. Minutes and seconds are dropped.
+    type: str
+    required: true
+  end:
+    description:
+      - The last hour of the window, inclusive, in the same form as O(start).
+    type: str
+    required: true
+  force:
+    description:
+      - Reload objects that the load ledger already holds.
+    type: bool
+    default: false
+  mode:
+    description:
+      - V(lambda) invokes the ETL function for each chunk; V(direct) runs the load code here.
+    type: str
+    choices: [lambda, direct]
+    default: lambda
+  chunk_hours:
+    description:
+      - How many hours each invocation or transaction series loads.
+    type: int
+    default: 1
+  max_window_hours:
+    description:
+      - A larger window is refused; a guard against a typo loading a year.
+    type: int
+    default: 744
+  function_name:
+    description:
+      - The ETL function, with O(mode=lambda).
+    type: str
+    default: SBW_Lamda_ETL
+  bucket:
+    description:
+      - The raw bucket, with O(mode=direct).
+    type: str
+  library_path:
+    description:
+      - With O(mode=direct), the folder that holds the platform's C(clickstream) Python package
+        and where its dependencies (boto3, psycopg2, fastjsonschema, orjson) are importable.
+    type: path
+    default: /opt/clickstream/lib
+  dwh_host:
+    description:
+      - The warehouse host, with O(mode=direct).
+    type: str
+  dwh_port:
+    description:
+      - The warehouse port.
+    type: int
+    default: 5432
+  dwh_user:
+    description:
+      - The warehouse user the load runs as (the ETL writer).
+    type: str
+    default: clickstream_etl
+  dwh_database:
+    description:
+      - The warehouse database.
+    type: str
+    default: clickstream_dw
+  dwh_password:
+    description:
+      - The password of O(dwh_user). Prefer O(dwh_password_parameter).
+    type: str
+  dwh_password_parameter:
+    description:
+      - The SSM SecureString parameter that holds the password of O(dwh_user).
+    type: str
+  lock_retries:
+    description:
+      - How many times to wait and try a chunk again when another ETL run holds the warehouse's
+        run lock (the hourly run, usually).
+    type: int
+    default: 5
+  lock_retry_delay:
+    description:
+      - Seconds to wait before trying a locked chunk again.
+    type: int
+    default: 30
+notes:
+  - The hourly ETL keeps running during a backfill; the two take turns on the warehouse's run lock.
+  - Rollups and sessions of the loaded hours are refreshed by each load. To rebuild them for a
+    range without loading, see C(playbooks/refresh_rollups.yml).
+extends_documentation_fragment:
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+"""
+
+EXAMPLES = r"""
+- name: Backfill the first week of December through the ETL function
+  clickstream_backfill:
+    start: "2025-12-01T00"
+    end: "2025-12-07T23"
+
+- name: Reload a day after a fix of the field mapping
+  clickstream_backfill:
+    start: "2025-12-03T00"
+    end: "2025-12-03T23"
+    force: true
+
+- name: Backfill on the warehouse host itself, with no Lambda time limit
+  clickstream_backfill:
+    mode: direct
+    start: "2025-11-01T00"
+    end: "2025-11-30T23"
+    chunk_hours: 24
+    bucket: clickstream-s3-ingest
+    dwh_host: 127.0.0.1
+    dwh_password_parameter: /clickstream/dwh/etl_password
+"""
+
+RETURN = r"""
+window:
+  description: The window as understood.
+  returned: always
+  type: dict
+  sample: {"start": "2025-12-01T00", "end": "2025-12-07T23", "hours": 168}
+hours:
+  description: In check mode, per hour, the objects found, already loaded, and to load.
+  returned: check mode
+  type: list
+  elements: dict
+  sample: [{"hour": "2025-12-01T00:00:00+00:00", "objects": 12, "loaded": 10, "to_load": 2}]
+results:
+  description: Per chunk, in order, what the load did.
+  returned: when not in check mode
+  type: list
+  elements: dict
+  sample:
+    - {"start": "2025-12-01T00", "end": "2025-12-01T00", "status": "succeeded", "objects": 2,
+       "events_loaded": 740, "events_updated": 0, "duplicates_skipped": 0, "rejected_lines": 1,
+       "missing_objects": 0, "duration_seconds": 0.4}
+totals:
+  description: The sums over all chunks (or over all hours in check mode).
+  returned: always
+  type: dict
+  sample: {"chunks": 168, "objects": 2016, "events_loaded": 1000000, "events_updated": 0,
+           "duplicates_skipped": 12, "rejected_lines": 3, "missing_objects": 0}
+resume_from:
+  description: When a chunk failed, the hour to give as O(start) to resume.
+  returned: failure
+  type: str
+  sample: "2025-12-04T13"
+"""
+
+import json
+import sys
+import time
+from typing import Any
+
+try:
+    import botocore
+    from botocore.config import Config
+except ImportError:
+    pass  # AnsibleAWSModule reports the missing botocore
+
+from ansible.module_utils.clickstream_backfill import (
+    BackfillError,
+    chunk_result,
+    chunks,
+    hour_text,
+    invocation_result,
+    parse_hour,
+    plan_totals,
+    totals,
+    window_hours,
+    window_request,
+)
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+
+# A synchronous invocation may take the function's whole 15 minutes; never retry one blindly.
+LAMBDA_INVOKE_CONFIG = {"read_timeout": 960, "connect_timeout": 10, "retries": {"max_attempts": 1}}
+
+
+def build_argument_spec() -> dict[str, Any]:
+    return {
+        "start": {"type": "str", "required": True},
+        "end": {"type": "str", "required": True},
+        "force": {"type": "bool", "default": False},
+        "mode": {"type": "str", "choices": ["lambda", "direct"], "default": "lambda"},
+        "chunk_hours": {"type": "int", "default": 1},
+        "max_window_hours": {"type": "int", "default": 744},
+        "function_name": {"type": "str", "default": "SBW_Lamda_ETL"},
+        "bucket": {"type": "str"},
+        "library_path": {"type": "path", "default": "/opt/clickstream/lib"},
+        "dwh_host": {"type": "str"},
+        "dwh_port": {"type": "int", "default": 5432},
+        "dwh_user": {"type": "str", "default": "clickstream_etl"},
+        "dwh_database": {"type": "str", "default": "clickstream_dw"},
+        "dwh_password": {"type": "str", "no_log": True},
+        "dwh_password_parameter": {"type": "str"},
+        "lock_retries": {"type": "int", "default": 5},
+        "lock_retry_delay": {"type": "int", "default": 30},
+    }
+
+
+class LambdaLoader:
+    """Each chunk is one synchronous window invocation of the ETL function."""
+
+    def __init__(self, module: AnsibleAWSModule) -> None:
+        self.function_name = module.params["function_name"]
+        self.client = module.client("lambda", config=Config(**LAMBDA_INVOKE_CONFIG))
+
+    def _invoke(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self.client.invoke(
+                FunctionName=self.function_name,
+                InvocationType="RequestResponse",
+                Payload=json.dumps(request).encode("utf-8"),
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise BackfillError(f"invoking {self.function_name} failed: {error}") from error
+        return invocation_result(response.get("FunctionError"), response["Payload"].read())
+
+    def plan(self, first, last, force: bool) -> list[dict[str, Any]]:
+        return self._invoke(window_request(first, last, force, dry_run=True))["hours"]
+
+    def load(self, first, last, force: bool) -> dict[str, Any]:
+        return self._invoke(window_request(first, last, force))
+
+
+class DirectLoader:
+    """Each chunk is a window run of the platform's load code, here, in this process."""
+
+    def __init__(self, module: AnsibleAWSModule) -> None:
+        params = module.params
+        sys.path.insert(0, params["library_path"])
+        try:
+            from clickstream import loader, warehouse
+        except ImportError as error:
+            raise BackfillError(
+                f"cannot import the platform's load code from {params['library_path']}: {error}"
+            ) from error
+        self.loader = loader
+        self.s3 = module.client("s3")
+        self.bucket = params["bucket"]
+        settings = warehouse.WarehouseSettings(
+            host=params["dwh_host"],
+            port=params["dwh_port"],
+            user=params["dwh_user"],
+            database=params["dwh_database"],
+            password=params["dwh_password"],
+            password_parameter=params["dwh_password_parameter"],
+        )
+        try:
+            password = warehouse.resolve_password(settings, lambda: module.client("ssm"))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise BackfillError(f"reading {settings.password_parameter} failed: {error}") from error
+        self._connect = lambda: warehouse.connect(settings, password, "clickstream-backfill")
+        self._unavailable = warehouse.WarehouseUnavailable
+
+    def _with_connection(self, work):
+        # A connection per chunk: a warehouse restart costs one chunk, not the whole window.
+        try:
+            connection = self._connect()
+        except self._unavailable as error:
+            raise BackfillError(str(error)) from error
+        try:
+            return work(connection)
+        except Exception as error:
+            raise BackfillError(f"{type(error).__name__}: {error}") from error
+        finally:
+            connection.close()
+
+    def plan(self, first, last, force: bool) -> list[dict[str, Any]]:
+        def plan_hours(connection):
+            hours = self.loader.plan_window(
+                connection, self.s3, self.bucket, start=first, end=last, force=force
+            )
+            return [hour.as_dict() for hour in hours]
+
+        return self._with_connection(plan_hours)
+
+    def load(self, first, last, force: bool) -> dict[str, Any]:
+        def run(connection):
+            report = self.loader.run_window(
+                connection, self.s3, self.bucket, start=first, end=last, force=force
+            )
+            return report.as_dict()
+
+        return self._with_connection(run)
+
+
+def load_chunk(module, loader, first, last) -> dict[str, Any]:
+    """Load one chunk, waiting while another run holds the lock; BackfillError when it fails."""
+    params = module.params
+    for attempt in range(params["lock_retries"] + 1):
+        report = loader.load(first, last, params["force"])
+        if report.get("status") != "skipped":
+            break
+        if attempt < params["lock_retries"]:
+            time.sleep(params["lock_retry_delay"])
+    else:
+        raise BackfillError(
+            f"another ETL run held the warehouse lock through {params['lock_retries']} retries"
+        )
+    if report.get("status") != "succeeded":
+        raise BackfillError(
+            f"the chunk ended {report.get('status')}: {report.get('detail') or 'no detail'}"
+            + (
+                " (lower chunk_hours if it ran out of time)"
+                if report.get("pending_objects")
+                else ""
+            )
+        )
+    return chunk_result(first, last, report)
+
+
+def main() -> None:
+    module = AnsibleAWSModule(
+        argument_spec=build_argument_spec(),
+        required_if=[("mode", "direct", ["bucket", "dwh_host"])],
+        mutually_exclusive=[("dwh_password", "dwh_password_parameter")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        first = parse_hour(params["start"], "start")
+        last = parse_hour(params["end"], "end")
+        hours = window_hours(first, last, params["max_window_hours"])
+        windows = chunks(hours, params["chunk_hours"])
+        if params["mode"] == "direct" and not (
+            params["dwh_password"] or params["dwh_password_parameter"]
+        ):
+            raise BackfillError("mode=direct needs dwh_password or dwh_password_parameter")
+        loader = DirectLoader(module) if params["mode"] == "direct" else LambdaLoader(module)
+    except BackfillError as error:
+        module.fail_json(msg=str(error))
+    window = {"start": hour_text(first), "end": hour_text(last), "hours": len(hours)}
+
+    if module.check_mode:
+        try:
+            planned = [hour for a, b in windows for hour in loader.plan(a, b, params["force"])]
+        except BackfillError as error:
+            module.fail_json(msg=f"planning the backfill failed: {error}", window=window)
+        summary = plan_totals(planned)
+        module.exit_json(
+            changed=summary["to_load"] > 0, window=window, hours=planned, totals=summary
+        )
+
+    results: list[dict[str, Any]] = []
+    for chunk_first, chunk_last in windows:
+        try:
+            results.append(load_chunk(module, loader, chunk_first, chunk_last))
+        except BackfillError as error:
+            module.fail_json(
+                msg=(
+                    f"the backfill stopped at {hour_text(chunk_first)}: {error}. The hours before "
+                    f"it are loaded; run again with start={hour_text(chunk_first)} to resume."
+                ),
+                window=window,
+                results=results,
+                totals=totals(results),
+                resume_from=hour_text(chunk_first),
+                changed=any(result["objects"] for result in results),
+            )
+    summary = totals(results)
+    module.exit_json(changed=summary["objects"] > 0, window=window, results=results, totals=summary)
+
+
+if __name__ == "__main__":
+    main()
