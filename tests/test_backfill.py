@@ -305,3 +305,33 @@ def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
     assert not resumed.get("failed"), resumed.get("msg")
     assert resumed["totals"]["duplicates_skipped"] == 0
     assert loaded_events(warehouse) == WEEK_HOURS * EVENTS_PER_OBJECT
+
+
+def test_the_refresh_playbook_recomputes_the_rollups_of_a_range(week_of_raw_objects, aws):
+    warehouse = week_of_raw_objects
+    warehouse.query("UPDATE rollup_funnel_daily SET sessions = 999 RETURNING 1")
+    extra_vars = {
+        "refresh_start": "2025-12-01T00",
+        "refresh_end": "2025-12-01T23",
+        "refresh_hosts": "localhost",
+        "refresh_login_host": "127.0.0.1",
+        "refresh_login_user": "clickstream_etl",
+        "refresh_login_password": warehouse.etl_password,
+        "warehouse_port": warehouse.cluster.port,
+        "warehouse_database": warehouse.database,
+        "ansible_python_interpreter": sys.executable,
+    }
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "inventories/local",
+         "playbooks/refresh_rollups.yml", "-e", json.dumps(extra_vars)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert warehouse.query("SELECT day::text, sessions FROM rollup_funnel_daily ORDER BY day") == [
+        ("2025-12-01", 24),
+        ("2025-12-02", 999),
+    ]
