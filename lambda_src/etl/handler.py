@@ -28,6 +28,7 @@ from functools import cache
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
 from clickstream import loader
 from clickstream.logs import embedded_metrics, get_logger, log
@@ -83,7 +84,8 @@ def _parse_moment(value: Any, name: str) -> datetime:
 
 @cache
 def _s3_client():
-    return boto3.client("s3")
+    # One pooled connection per object the loader reads at a time.
+    return boto3.client("s3", config=Config(max_pool_connections=loader.FETCH_CONCURRENCY))
 
 
 @cache

@@ -264,7 +264,8 @@ class DirectLoader:
                 f"cannot import the platform's load code from {params['library_path']}: {error}"
             ) from error
         self.loader = loader
-        self.s3 = module.client("s3")
+        # One pooled connection per object the loader reads at a time.
+        self.s3 = module.client("s3", config=Config(max_pool_connections=loader.FETCH_CONCURRENCY))
         self.bucket = params["bucket"]
         settings = warehouse.WarehouseSettings(
             host=params["dwh_host"],
