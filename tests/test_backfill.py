@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -270,15 +269,17 @@ def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
 ):
     warehouse = week_of_raw_objects
 
+    run_over = threading.Event()
+    stopped = threading.Event()
+
     def stop_the_database_once_day_four_is_loaded():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while not run_over.wait(0.05):
             if warehouse.scalar(
                 "SELECT count(*) FROM etl_loaded_objects WHERE partition_hour >= '2025-12-04'"
             ):
                 postgres.stop()
+                stopped.set()
                 return
-            time.sleep(0.05)
 
     stopper = threading.Thread(target=stop_the_database_once_day_four_is_loaded)
     stopper.start()
@@ -287,9 +288,12 @@ def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
             warehouse, aws, start="2025-12-03T00", end="2025-12-07T23", backfill_chunk_hours=1
         )
     finally:
+        run_over.set()
         stopper.join()
-        postgres.start_server()
+        if stopped.is_set():
+            postgres.start_server()
 
+    assert stopped.is_set(), "the backfill ended before the database could be stopped"
     assert failed["failed"] is True
     resume_from = failed["resume_from"]
     assert "2025-12-04T00" <= resume_from <= "2025-12-07T23"
