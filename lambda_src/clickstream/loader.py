@@ -203,10 +203,7 @@ def run_window(
 
     Objects already in the ledger are skipped unless ``force``, which reloads them.
     """
-    if end < start:
-        raise ValueError(
-            f"the window ends ({end.isoformat()}) before it starts ({start.isoformat()})"
-        )
+    _require_ordered(start, end)
     report = RunReport(
         run_id=str(uuid.uuid4()),
         trigger="window",
@@ -242,10 +239,7 @@ def plan_window(
     connection, s3_client, bucket: str, *, start: datetime, end: datetime, force: bool = False
 ) -> list[HourPlan]:
     """Per hour of the window: the raw objects found and how many the ledger holds. Reads only."""
-    if end < start:
-        raise ValueError(
-            f"the window ends ({end.isoformat()}) before it starts ({start.isoformat()})"
-        )
+    _require_ordered(start, end)
     hours = list(hours_between(start, end))
     listed = _list_hours(s3_client, bucket, hours)
     loaded_keys = _loaded_keys(connection, hours)
@@ -255,6 +249,13 @@ def plan_window(
         to_load = len(objects) if force else len(objects) - loaded
         plans.append(HourPlan(hour.isoformat(), len(objects), loaded, to_load))
     return plans
+
+
+def _require_ordered(start: datetime, end: datetime) -> None:
+    if end < start:
+        raise ValueError(
+            f"the window ends ({end.isoformat()}) before it starts ({start.isoformat()})"
+        )
 
 
 def unloaded_objects(
@@ -349,10 +350,13 @@ def _exclusive_run(connection) -> Iterator[bool]:
         yield acquired
     finally:
         if acquired and not connection.closed:
-            connection.rollback()
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
-            connection.commit()
+            try:
+                connection.rollback()
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
+                connection.commit()
+            except psycopg2.Error:
+                pass  # the connection is gone, and its session lock with it: nothing to release
 
 
 def _record_run(connection, report: RunReport, *, started: bool) -> None:
