@@ -119,13 +119,20 @@ def test_the_etl_zip_holds_its_handler_the_shared_package_fastjsonschema_and_psy
 
 
 @pytest.mark.parametrize(("architecture", "machine"), [("x86_64", "x86_64"), ("arm64", "aarch64")])
-def test_the_etl_zip_holds_psycopg2_compiled_for_the_lambda_architecture_and_python(
+def test_the_etl_zip_holds_its_compiled_wheels_for_the_lambda_architecture_and_python(
     tmp_path, architecture, machine
 ):
     [built] = build_lambdas.build(["etl"], Target(architecture, "3.12"), tmp_path)
 
-    extensions = [name for name in zip_names(built.path) if name.startswith("psycopg2/_psycopg")]
-    assert extensions == [f"psycopg2/_psycopg.cpython-312-{machine}-linux-gnu.so"]
+    extensions = sorted(
+        name
+        for name in zip_names(built.path)
+        if name.startswith(("psycopg2/_psycopg", "orjson/orjson")) and name.endswith(".so")
+    )
+    assert extensions == [
+        f"orjson/orjson.cpython-312-{machine}-linux-gnu.so",
+        f"psycopg2/_psycopg.cpython-312-{machine}-linux-gnu.so",
+    ]
 
 
 def test_the_packaged_ingest_handler_finds_its_contract_and_writes_to_s3(
