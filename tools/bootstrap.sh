@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian 12 machine, and nothing twice:
-#  - Debian packages (PostgreSQL server binaries) when they are missing;
+#  - Debian packages when they are missing: PostgreSQL's server, Chromium and its driver;
 #  - the Python virtualenv in .venv from the pinned requirements.txt, rebuilt only
 #    when requirements.txt changes.
 set -euo pipefail
@@ -14,6 +14,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("${APT_PACKAGES[@]}")
+# The browser tests drive Debian's Chromium (no browser download is reachable).
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || missing+=(chromium chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq

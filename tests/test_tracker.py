@@ -1,0 +1,171 @@
+"""The browser tracker in real headless Chromium: a demo shop visit lands in the warehouse once.
+
+Chromium loads files/demo_shop from one loopback origin and posts to the local HTTP API (the
+stand-in for API Gateway, with CORS) on another, which calls the real ingest handler writing to
+moto S3; the ETL then loads into the real PostgreSQL. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from clickstream import loader
+from ingest.handler import handle_request
+from tools.local_platform.http_api import HttpApi
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPOSITORY / "test-artifacts"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="Debian's chromium and chromium-driver are not installed (tools/bootstrap.sh does it)",
+)
+
+
+@pytest.fixture
+def shop_site():
+    """files/ served on a loopback origin of its own, as a shop's web server would."""
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(REPOSITORY / "files")
+    )
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def ingest_api(aws, raw_bucket, shop_site):
+    s3 = aws.client("s3")
+    api = HttpApi(
+        ("127.0.0.1", 0),
+        lambda event, context: handle_request(event, s3_client=s3, bucket=raw_bucket),
+        allowed_origins=[shop_site],
+    )
+    api.start_in_background()
+    yield api
+    api.shutdown()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1200,900",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def events_in_bucket(aws, bucket) -> int:
+    s3 = aws.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return sum(s3.get_object(Bucket=bucket, Key=key)["Body"].read().count(b"\n") for key in keys)
+
+
+def wait_for(condition, what: str, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def screenshot(browser, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / f"tracker-{name}.png"))
+
+
+def test_a_shop_visit_lands_in_the_warehouse_once_in_order(
+    browser, shop_site, ingest_api, aws, raw_bucket, warehouse
+):
+    browser.get(f"{shop_site}/demo_shop/index.html?endpoint={ingest_api.url}")
+    for element in (
+        "nav-laptops",
+        "view-lap-001",
+        "add-to-cart",
+        "nav-cart",
+        "checkout",
+        "place-order",
+    ):
+        browser.find_element("id", element).click()
+    screenshot(browser, "after-order")
+    browser.execute_script("return window.shopTracker.flush()")
+    expected = [
+        "page_view", "home_view", "page_view", "category_view", "page_view", "product_view",
+        "add_to_cart_click", "page_view", "checkout_start", "checkout_complete",
+    ]  # fmt: skip
+    wait_for(lambda: events_in_bucket(aws, raw_bucket) >= len(expected), "the visit's events in S3")
+
+    connection = warehouse.etl_connection()
+    try:
+        report = loader.run_scheduled(
+            connection, aws.client("s3"), raw_bucket, now=datetime.now(UTC) + timedelta(minutes=1)
+        )
+    finally:
+        connection.close()
+
+    assert (report.events_loaded, report.rejected_lines) == (len(expected), 0)
+    rows = warehouse.query(
+        "SELECT event_name, session_id, context_product_id, page_url FROM clickstream_events "
+        "ORDER BY event_timestamp, received_at"
+    )
+    assert [row[0] for row in rows] == expected
+    assert len({row[1] for row in rows}) == 1
+    assert {row[2] for row in rows if row[0] in ("product_view", "add_to_cart_click")} == {
+        "lap-001"
+    }
+    assert warehouse.query("SELECT converted, add_to_carts FROM sessions") == [(True, 1)]
+
+
+def test_events_queued_when_the_page_is_left_arrive_by_beacon(
+    browser, shop_site, ingest_api, aws, raw_bucket
+):
+    browser.get(f"{shop_site}/demo_shop/index.html?endpoint={ingest_api.url}")
+    browser.find_element("id", "view-mou-001").click()  # queued: below the batch size
+    assert events_in_bucket(aws, raw_bucket) == 0
+    browser.get("about:blank")  # pagehide → navigator.sendBeacon
+    wait_for(lambda: events_in_bucket(aws, raw_bucket) == 4, "the beaconed events in S3")
+
+
+def test_a_failed_send_is_retried_and_nothing_is_lost(
+    browser, shop_site, ingest_api, aws, raw_bucket
+):
+    # The ingest's bucket is away: every POST gets 503, and the tracker keeps the batch.
+    s3 = aws.client("s3")
+    saved = [o["Key"] for o in s3.list_objects_v2(Bucket=raw_bucket).get("Contents", [])]
+    assert saved == []
+    s3.delete_bucket(Bucket=raw_bucket)
+    browser.get(f"{shop_site}/demo_shop/index.html?endpoint={ingest_api.url}")
+    browser.find_element("id", "view-lap-002").click()
+    browser.execute_script("return window.shopTracker.flush()")
+    wait_for(
+        lambda: browser.execute_script("return window.shopTracker.failures") >= 1,
+        "a failed send",
+    )
+    assert browser.execute_script("return window.shopTracker.queue.length") == 4
+
+    s3.create_bucket(
+        Bucket=raw_bucket, CreateBucketConfiguration={"LocationConstraint": "ap-southeast-1"}
+    )
+    browser.execute_script("window.shopTracker.retryAt = 0; return window.shopTracker.flush()")
+    wait_for(lambda: events_in_bucket(aws, raw_bucket) == 4, "the retried events in S3")
+    assert browser.execute_script("return window.shopTracker.queue.length") == 0
