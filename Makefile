@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: test bootstrap lint pytest bench build lock
+.PHONY: test bootstrap lint pytest molecule bench build lock
 
 ## Install what is missing, lint everything, run every test.
 test: bootstrap lint pytest
@@ -20,6 +20,10 @@ lint: bootstrap
 
 pytest: bootstrap
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Only the role tests (molecule on systemd-nspawn hosts; root).
+molecule: bootstrap
+	$(BIN)/pytest tests/molecule
 
 ## The deployment zips of both Lambdas, into build/.
 build: bootstrap

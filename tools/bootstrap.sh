@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian 12 machine, and nothing twice:
-#  - Debian packages when they are missing: PostgreSQL's server, Chromium and its driver;
+#  - Debian packages when they are missing: PostgreSQL's server, Chromium and its driver,
+#    debootstrap, systemd-nspawn and zstd;
 #  - the Python virtualenv in .venv from the pinned requirements.txt, rebuilt only
 #    when requirements.txt changes.
 set -euo pipefail
@@ -16,6 +17,10 @@ missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("${APT_PACKAGES[@]}")
 # The browser tests drive Debian's Chromium (no browser download is reachable).
 command -v chromium >/dev/null && command -v chromedriver >/dev/null || missing+=(chromium chromium-driver)
+# The role tests boot real systemd hosts: debootstrap + systemd-nspawn, images kept as .tar.zst.
+for need in debootstrap:debootstrap systemd-nspawn:systemd-container zstd:zstd; do
+  command -v "${need%%:*}" >/dev/null || missing+=("${need##*:}")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
