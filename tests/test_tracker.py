@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from clickstream import loader
 from ingest.handler import handle_request
+from tests.fixtures.processes import wait_until
 from tools.local_platform.http_api import HttpApi
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -80,15 +80,6 @@ def events_in_bucket(aws, bucket) -> int:
     return sum(s3.get_object(Bucket=bucket, Key=key)["Body"].read().count(b"\n") for key in keys)
 
 
-def wait_for(condition, what: str, timeout: float = 20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def screenshot(browser, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / f"tracker-{name}.png"))
@@ -113,7 +104,9 @@ def test_a_shop_visit_lands_in_the_warehouse_once_in_order(
         "page_view", "home_view", "page_view", "category_view", "page_view", "product_view",
         "add_to_cart_click", "page_view", "checkout_start", "checkout_complete",
     ]  # fmt: skip
-    wait_for(lambda: events_in_bucket(aws, raw_bucket) >= len(expected), "the visit's events in S3")
+    wait_until(
+        lambda: events_in_bucket(aws, raw_bucket) >= len(expected), "the visit's events in S3"
+    )
 
     connection = warehouse.etl_connection()
     try:
@@ -143,7 +136,7 @@ def test_events_queued_when_the_page_is_left_arrive_by_beacon(
     browser.find_element("id", "view-mou-001").click()  # queued: below the batch size
     assert events_in_bucket(aws, raw_bucket) == 0
     browser.get("about:blank")  # pagehide → navigator.sendBeacon
-    wait_for(lambda: events_in_bucket(aws, raw_bucket) == 4, "the beaconed events in S3")
+    wait_until(lambda: events_in_bucket(aws, raw_bucket) == 4, "the beaconed events in S3")
 
 
 def test_a_failed_send_is_retried_and_nothing_is_lost(
@@ -157,7 +150,7 @@ def test_a_failed_send_is_retried_and_nothing_is_lost(
     browser.get(f"{shop_site}/demo_shop/index.html?endpoint={ingest_api.url}")
     browser.find_element("id", "view-lap-002").click()
     browser.execute_script("return window.shopTracker.flush()")
-    wait_for(
+    wait_until(
         lambda: browser.execute_script("return window.shopTracker.failures") >= 1,
         "a failed send",
     )
@@ -167,5 +160,5 @@ def test_a_failed_send_is_retried_and_nothing_is_lost(
         Bucket=raw_bucket, CreateBucketConfiguration={"LocationConstraint": "ap-southeast-1"}
     )
     browser.execute_script("window.shopTracker.retryAt = 0; return window.shopTracker.flush()")
-    wait_for(lambda: events_in_bucket(aws, raw_bucket) == 4, "the retried events in S3")
+    wait_until(lambda: events_in_bucket(aws, raw_bucket) == 4, "the retried events in S3")
     assert browser.execute_script("return window.shopTracker.queue.length") == 0
