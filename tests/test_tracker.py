@@ -17,15 +17,15 @@ import pytest
 
 from clickstream import loader
 from ingest.handler import handle_request
+from tests.fixtures.browser import chromium_installed, headless_chromium
 from tests.fixtures.processes import wait_until
 from tools.local_platform.http_api import HttpApi
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPOSITORY / "test-artifacts"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    not chromium_installed(),
     reason="Debian's chromium and chromium-driver are not installed (tools/bootstrap.sh does it)",
 )
 
@@ -58,18 +58,7 @@ def ingest_api(aws, raw_bucket, shop_site):
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1200,900",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = headless_chromium(tmp_path / "chromium-profile")
     yield driver
     driver.quit()
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian 12 machine, and nothing twice:
-#  - Debian packages when they are missing: PostgreSQL's server, Chromium and its driver,
-#    debootstrap, systemd-nspawn and zstd;
+#  - Debian packages when they are missing: PostgreSQL's server, Chromium and its driver, R
+#    with the dashboard's r-cran-* packages, debootstrap, systemd-nspawn and zstd;
 #  - the Python virtualenv in .venv from the pinned requirements.txt, rebuilt only
 #    when requirements.txt changes.
 set -euo pipefail
@@ -17,6 +17,11 @@ missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("${APT_PACKAGES[@]}")
 # The browser tests drive Debian's Chromium (no browser download is reachable).
 command -v chromium >/dev/null && command -v chromedriver >/dev/null || missing+=(chromium chromium-driver)
+# The dashboard tests serve the Shiny app with Debian's R and packages (CRAN is not reachable);
+# the same list as roles/r_shiny's r_shiny_packages.
+for package in r-base-core r-cran-shiny r-cran-dbi r-cran-rpostgresql r-cran-ggplot2 r-cran-dt r-cran-bslib; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
 # The role tests boot real systemd hosts: debootstrap + systemd-nspawn, images kept as .tar.zst.
 for need in debootstrap:debootstrap systemd-nspawn:systemd-container zstd:zstd; do
   command -v "${need%%:*}" >/dev/null || missing+=("${need##*:}")

@@ -1,0 +1,295 @@
+-- Every query the dashboards run, by name. The app (R/warehouse.R) and the tests
+-- (tests/dashboard/) read this file; nothing else holds SQL for the dashboards.
+--
+-- A query starts at a line "-- name: <name>" and runs to the next one. Parameters are written
+-- ?name and bound as quoted literals (DBI::sqlInterpolate in the app, psycopg2 in the tests):
+--   ?date_from, ?date_to  the first and last day of the chosen range (inclusive), 'YYYY-MM-DD',
+--                         days in the shop's time zone (warehouse_settings.reporting_time_zone)
+--   ?category, ?brand     a product category / brand, or '' for all
+--   ?page                 a page path, as in rollup_page_transitions_daily
+--
+-- Every panel reads the rollups or the sessions table; none scans clickstream_events over the
+-- chosen range (warehouse_events and freshness read only the last loaded hour of it).
+-- Sessions count on the day they started. Hourly rollups are UTC hours: a day in a zone whose
+-- offset is not whole hours is cut at the hour.
+
+-- name: data_bounds
+-- The first and last day with data: the default range is the last 7 days of data.
+WITH tz AS (
+    SELECT coalesce(
+        (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC') AS zone
+)
+SELECT ((SELECT min(hour_start) FROM rollup_activity_hourly) AT TIME ZONE zone)::date AS first_day,
+       ((SELECT max(hour_start) FROM rollup_activity_hourly) AT TIME ZONE zone)::date AS last_day,
+       zone AS time_zone
+FROM tz;
+
+-- name: filter_options
+-- Categories and brands that products were viewed or carted in.
+SELECT DISTINCT product_category AS category, product_brand AS brand
+FROM rollup_product_daily
+WHERE views + add_to_carts > 0
+ORDER BY category, brand;
+
+-- name: warehouse_events
+-- Events in the warehouse: those in the hourly rollup, plus any loaded after its newest hour.
+SELECT (SELECT coalesce(sum(events), 0) FROM rollup_activity_hourly)
+     + (SELECT count(*) FROM clickstream_events
+        WHERE event_timestamp >= coalesce(
+            (SELECT max(hour_start) + interval '1 hour' FROM rollup_activity_hourly),
+            now() - interval '1 day')) AS events;
+
+-- name: overview_kpis
+-- The chosen range ('current') and the range of the same length just before it ('previous').
+WITH tz AS (
+    SELECT coalesce(
+        (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC') AS zone
+), periods AS (
+    SELECT 'current' AS period,
+           CAST(?date_from AS date)::timestamp AT TIME ZONE zone AS period_start,
+           (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE zone AS period_end
+    FROM tz
+    UNION ALL
+    SELECT 'previous',
+           (CAST(?date_from AS date) - (CAST(?date_to AS date) - CAST(?date_from AS date) + 1))
+               ::timestamp AT TIME ZONE zone,
+           CAST(?date_from AS date)::timestamp AT TIME ZONE zone
+    FROM tz
+)
+SELECT p.period,
+       p.period_start,
+       p.period_end,
+       (SELECT coalesce(sum(r.events), 0) FROM rollup_activity_hourly AS r
+        WHERE r.hour_start >= p.period_start AND r.hour_start < p.period_end) AS events,
+       s.sessions,
+       s.clients,
+       s.logged_in_users,
+       s.converted_sessions,
+       s.converted_sessions::double precision / nullif(s.sessions, 0) AS conversion_rate
+FROM periods AS p
+CROSS JOIN LATERAL (
+    SELECT count(*) AS sessions,
+           count(DISTINCT client_id) AS clients,
+           count(DISTINCT user_id) AS logged_in_users,
+           count(*) FILTER (WHERE converted) AS converted_sessions
+    FROM sessions
+    WHERE session_start >= p.period_start AND session_start < p.period_end
+) AS s
+ORDER BY p.period;
+
+-- name: overview_daily
+-- Events and sessions per day of the chosen range.
+WITH tz AS (
+    SELECT coalesce(
+        (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC') AS zone
+), bounds AS (
+    SELECT zone,
+           CAST(?date_from AS date)::timestamp AT TIME ZONE zone AS range_start,
+           (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE zone AS range_end
+    FROM tz
+), events AS (
+    SELECT (r.hour_start AT TIME ZONE b.zone)::date AS day, sum(r.events) AS events
+    FROM rollup_activity_hourly AS r, bounds AS b
+    WHERE r.hour_start >= b.range_start AND r.hour_start < b.range_end
+    GROUP BY 1
+), started AS (
+    SELECT (s.session_start AT TIME ZONE b.zone)::date AS day, count(*) AS sessions
+    FROM sessions AS s, bounds AS b
+    WHERE s.session_start >= b.range_start AND s.session_start < b.range_end
+    GROUP BY 1
+)
+SELECT day, coalesce(e.events, 0) AS events, coalesce(s.sessions, 0) AS sessions
+FROM events AS e FULL JOIN started AS s USING (day)
+ORDER BY day;
+
+-- name: funnel_daily
+-- Sessions that viewed a product (of the chosen category and brand), then also added one to the
+-- cart, then also started checkout, then also completed it; by the day the session started.
+WITH tz AS (
+    SELECT coalesce(
+        (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC') AS zone
+), bounds AS (
+    SELECT zone,
+           CAST(?date_from AS date)::timestamp AT TIME ZONE zone AS range_start,
+           (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE zone AS range_end
+    FROM tz
+), chosen AS (
+    SELECT (s.session_start AT TIME ZONE b.zone)::date AS day,
+           bool_or(p.viewed) AS viewed,
+           bool_or(p.carted) AS carted,
+           s.checkout_starts > 0 AS checkout_started,
+           s.converted
+    FROM bounds AS b
+    JOIN sessions AS s ON s.session_start >= b.range_start AND s.session_start < b.range_end
+    JOIN session_products AS p ON p.session_id = s.session_id
+    WHERE (?category = '' OR p.product_category = ?category)
+      AND (?brand = '' OR p.product_brand = ?brand)
+    GROUP BY s.session_id, 1, s.checkout_starts, s.converted
+)
+SELECT day,
+       count(*) FILTER (WHERE viewed) AS product_view_sessions,
+       count(*) FILTER (WHERE viewed AND carted) AS add_to_cart_sessions,
+       count(*) FILTER (WHERE viewed AND carted AND checkout_started) AS checkout_sessions,
+       count(*) FILTER (WHERE viewed AND carted AND checkout_started AND converted)
+           AS purchase_sessions
+FROM chosen
+GROUP BY day
+ORDER BY day;
+
+-- name: products_top
+-- The 20 most viewed products of the range; conversion is add-to-carts per view.
+SELECT product_id,
+       max(product_name) AS product_name,
+       max(product_category) AS category,
+       max(product_brand) AS brand,
+       sum(views) AS views,
+       sum(add_to_carts) AS add_to_carts,
+       sum(add_to_carts)::double precision / nullif(sum(views), 0) AS view_to_cart
+FROM rollup_product_daily
+WHERE day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+  AND (?category = '' OR product_category = ?category)
+  AND (?brand = '' OR product_brand = ?brand)
+GROUP BY product_id
+HAVING sum(views) + sum(add_to_carts) > 0
+ORDER BY views DESC, add_to_carts DESC, product_id
+LIMIT 20;
+
+-- name: products_by_category_brand
+-- Views, add-to-carts and conversion per category and brand.
+SELECT product_category AS category,
+       product_brand AS brand,
+       count(DISTINCT product_id) FILTER (WHERE views + add_to_carts > 0) AS products,
+       sum(views) AS views,
+       sum(add_to_carts) AS add_to_carts,
+       sum(add_to_carts)::double precision / nullif(sum(views), 0) AS view_to_cart
+FROM rollup_product_daily
+WHERE day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+  AND (?category = '' OR product_category = ?category)
+  AND (?brand = '' OR product_brand = ?brand)
+GROUP BY product_category, product_brand
+HAVING sum(views) + sum(add_to_carts) > 0
+ORDER BY views DESC, add_to_carts DESC, category, brand;
+
+-- name: activity_heatmap
+-- Events per day of the week (1 = Monday) and hour of the day, in the shop's time zone.
+WITH tz AS (
+    SELECT coalesce(
+        (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC') AS zone
+)
+SELECT extract(isodow FROM local_hour)::integer AS weekday,
+       extract(hour FROM local_hour)::integer AS hour,
+       sum(events) AS events
+FROM (
+    SELECT r.hour_start AT TIME ZONE tz.zone AS local_hour, r.events
+    FROM rollup_activity_hourly AS r, tz
+    WHERE r.hour_start >= CAST(?date_from AS date)::timestamp AT TIME ZONE tz.zone
+      AND r.hour_start < (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE tz.zone
+) AS local_activity
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: activity_busiest_hours
+-- The five busiest hours of the day (shop's time zone) and their share of the range's events.
+WITH tz AS (
+    SELECT coalesce(
+        (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC') AS zone
+), hours AS (
+    SELECT extract(hour FROM r.hour_start AT TIME ZONE tz.zone)::integer AS hour,
+           sum(r.events) AS events
+    FROM rollup_activity_hourly AS r, tz
+    WHERE r.hour_start >= CAST(?date_from AS date)::timestamp AT TIME ZONE tz.zone
+      AND r.hour_start < (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE tz.zone
+    GROUP BY 1
+)
+SELECT hour, events, events::double precision / sum(events) OVER () AS share
+FROM hours
+ORDER BY events DESC, hour
+LIMIT 5;
+
+-- name: journey_pages
+-- The pages sessions moved on from, most frequent first: the choices of the Journeys page.
+SELECT from_page AS page, sum(transitions) AS moves
+FROM rollup_page_transitions_daily
+WHERE day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+  AND from_page <> '(entry)'
+GROUP BY from_page
+ORDER BY moves DESC, page
+LIMIT 100;
+
+-- name: journey_next_pages
+-- Where sessions went after the chosen page: the next page viewed, or '(exit)'.
+SELECT to_page AS next_page,
+       sum(transitions) AS moves,
+       sum(transitions)::double precision / sum(sum(transitions)) OVER () AS share
+FROM rollup_page_transitions_daily
+WHERE day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+  AND from_page = ?page
+GROUP BY to_page
+ORDER BY moves DESC, next_page
+LIMIT 15;
+
+-- name: journey_entry_pages
+-- The first page of a session.
+SELECT to_page AS page,
+       sum(transitions) AS sessions,
+       sum(transitions)::double precision / sum(sum(transitions)) OVER () AS share
+FROM rollup_page_transitions_daily
+WHERE day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+  AND from_page = '(entry)'
+GROUP BY to_page
+ORDER BY sessions DESC, page
+LIMIT 15;
+
+-- name: journey_exit_pages
+-- The last page of a session.
+SELECT from_page AS page,
+       sum(transitions) AS sessions,
+       sum(transitions)::double precision / sum(sum(transitions)) OVER () AS share
+FROM rollup_page_transitions_daily
+WHERE day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+  AND to_page = '(exit)'
+GROUP BY from_page
+ORDER BY sessions DESC, page
+LIMIT 15;
+
+-- name: quality_last_run
+-- The newest ETL run.
+SELECT run_id, trigger, status, started_at, finished_at, objects, events_loaded,
+       duplicates_skipped, rejected_lines, pending_objects, lag_seconds
+FROM etl_runs
+ORDER BY started_at DESC
+LIMIT 1;
+
+-- name: quality_recent_runs
+-- The last 20 ETL runs.
+SELECT started_at, trigger, status, objects, events_loaded, events_updated, duplicates_skipped,
+       rejected_lines, pending_objects, round(lag_seconds::numeric, 1) AS lag_seconds
+FROM etl_runs
+ORDER BY started_at DESC
+LIMIT 20;
+
+-- name: quality_rejects_by_reason
+-- Rejected raw lines by reason (the part of the ETL's message before its first colon), over
+-- all loads, with one full message as an example.
+SELECT split_part(reason, ':', 1) AS reason,
+       count(*) AS rejected_rows,
+       max(rejected_at) AS last_rejected_at,
+       min(reason) AS example
+FROM etl_rejects
+GROUP BY 1
+ORDER BY rejected_rows DESC, reason;
+
+-- name: quality_freshness
+-- The newest event loaded and its age; hours loaded but not yet in the rollups.
+WITH newest_hour AS (
+    SELECT max(hour_start) AS hour_start FROM rollup_activity_hourly
+)
+SELECT e.newest_event,
+       extract(epoch FROM now() - e.newest_event)::double precision AS lag_seconds,
+       (SELECT max(partition_hour) FROM etl_loaded_objects) AS newest_raw_partition,
+       (SELECT count(*) FROM etl_dirty_hours) AS hours_pending_refresh
+FROM newest_hour AS h
+CROSS JOIN LATERAL (
+    SELECT max(event_timestamp) AS newest_event FROM clickstream_events
+    WHERE event_timestamp >= h.hour_start
+) AS e;
