@@ -8,8 +8,6 @@ cannot run here: moto stores Lambda code but runs it only in Docker, which these
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
@@ -26,6 +24,7 @@ from plugins.module_utils.clickstream_backfill import (
     totals,
     window_hours,
 )
+from tests.fixtures.ansible import extra_vars, run_playbook
 from tests.fixtures.aws import REGION, aws_environment
 from tests.raw_events import put_raw_bytes, put_raw_object, raw_record, tracker_event
 
@@ -135,48 +134,40 @@ def week_of_raw_objects(warehouse, aws, raw_bucket):
     return warehouse
 
 
-def run_backfill(warehouse, aws, *, start, end, check=False, **extra) -> dict:
-    """ansible-playbook playbooks/backfill.yml in direct mode; the module's result."""
-    extra_vars = {
-        "backfill_start": start,
-        "backfill_end": end,
-        "backfill_mode": "direct",
-        "backfill_hosts": "localhost",
-        "backfill_chunk_hours": 24,
-        "backfill_library_path": str(REPOSITORY / "lambda_src"),
-        "backfill_dwh_host": "127.0.0.1",
-        "warehouse_port": warehouse.cluster.port,
-        "warehouse_database": warehouse.database,
-        "secrets_etl_writer_password_parameter": PASSWORD_PARAMETER,
-        "aws_region": REGION,
-        "ansible_python_interpreter": sys.executable,
-        **extra,
-    }
-    command = [
-        str(Path(sys.executable).with_name("ansible-playbook")),
-        "-i", "inventories/local", "playbooks/backfill.yml", "-e", json.dumps(extra_vars),
-    ]  # fmt: skip
-    if check:
-        command.append("--check")
-    completed = subprocess.run(
-        command,
-        cwd=REPOSITORY,
-        env={**os.environ, **aws_environment(aws.endpoint_url), "ANSIBLE_STDOUT_CALLBACK": "json"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    try:
-        output = json.loads(completed.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"ansible-playbook printed no JSON: {completed.stdout}\n{completed.stderr}")
-    [backfill_task] = [
-        task
-        for task in output["plays"][0]["tasks"]
-        if task["task"]["name"] == "Backfill the window"
-    ]
-    return backfill_task["hosts"]["localhost"]
+@pytest.fixture
+def backfill(aws, tmp_path):
+    """Runs ansible-playbook playbooks/backfill.yml in direct mode; returns the module's result."""
+
+    def run(warehouse, *, start, end, check=False, **extra) -> dict:
+        variables = {
+            "backfill_start": start,
+            "backfill_end": end,
+            "backfill_mode": "direct",
+            "backfill_hosts": "localhost",
+            "backfill_chunk_hours": 24,
+            "backfill_library_path": str(REPOSITORY / "lambda_src"),
+            "backfill_dwh_host": "127.0.0.1",
+            "warehouse_port": warehouse.cluster.port,
+            "warehouse_database": warehouse.database,
+            "secrets_etl_writer_password_parameter": PASSWORD_PARAMETER,
+            "aws_region": REGION,
+            "ansible_python_interpreter": sys.executable,
+            **extra,
+        }
+        playbook_run = run_playbook(
+            "playbooks/backfill.yml",
+            "-i", "inventories/local", *extra_vars(variables), *(["--check"] if check else []),
+            environment=aws_environment(aws.endpoint_url),
+            temp_dir=tmp_path,
+        )  # fmt: skip
+        [result] = [
+            task.result
+            for task in playbook_run.task_results
+            if task.task == "Backfill the window" and task.host == "localhost"
+        ]
+        return result
+
+    return run
 
 
 def loaded_events(warehouse) -> int:
@@ -184,11 +175,9 @@ def loaded_events(warehouse) -> int:
 
 
 def test_check_mode_reports_exactly_the_unloaded_objects_and_changes_nothing(
-    week_of_raw_objects, aws
+    week_of_raw_objects, backfill
 ):
-    result = run_backfill(
-        week_of_raw_objects, aws, start="2025-12-01T00", end="2025-12-07T23", check=True
-    )
+    result = backfill(week_of_raw_objects, start="2025-12-01T00", end="2025-12-07T23", check=True)
     assert result["changed"] is True
     hours = result["hours"]
     assert len(hours) == WEEK_HOURS
@@ -203,10 +192,10 @@ def test_check_mode_reports_exactly_the_unloaded_objects_and_changes_nothing(
 
 
 def test_a_backfill_loads_exactly_the_missing_events_and_a_second_run_changes_nothing(
-    week_of_raw_objects, aws
+    week_of_raw_objects, backfill
 ):
-    first = run_backfill(week_of_raw_objects, aws, start="2025-12-01T00", end="2025-12-07T23")
-    second = run_backfill(week_of_raw_objects, aws, start="2025-12-01T00", end="2025-12-07T23")
+    first = backfill(week_of_raw_objects, start="2025-12-01T00", end="2025-12-07T23")
+    second = backfill(week_of_raw_objects, start="2025-12-01T00", end="2025-12-07T23")
 
     assert first["changed"] is True
     assert first["totals"]["objects"] == 120
@@ -220,18 +209,18 @@ def test_a_backfill_loads_exactly_the_missing_events_and_a_second_run_changes_no
     assert loaded_events(week_of_raw_objects) == WEEK_HOURS * EVENTS_PER_OBJECT
 
 
-def test_per_hour_chunks_report_each_hour(week_of_raw_objects, aws):
-    result = run_backfill(
-        week_of_raw_objects, aws, start="2025-12-03T00", end="2025-12-03T05", backfill_chunk_hours=1
+def test_per_hour_chunks_report_each_hour(week_of_raw_objects, backfill):
+    result = backfill(
+        week_of_raw_objects, start="2025-12-03T00", end="2025-12-03T05", backfill_chunk_hours=1
     )
     assert [(r["start"], r["objects"], r["events_loaded"]) for r in result["results"]] == [
         (f"2025-12-03T{hour:02d}", 1, EVENTS_PER_OBJECT) for hour in range(6)
     ]
 
 
-def test_force_reloads_without_changing_the_row_count(week_of_raw_objects, aws):
-    result = run_backfill(
-        week_of_raw_objects, aws, start="2025-12-01T00", end="2025-12-01T23", backfill_force=True
+def test_force_reloads_without_changing_the_row_count(week_of_raw_objects, backfill):
+    result = backfill(
+        week_of_raw_objects, start="2025-12-01T00", end="2025-12-01T23", backfill_force=True
     )
     assert result["changed"] is True
     assert result["totals"]["objects"] == 24
@@ -240,7 +229,7 @@ def test_force_reloads_without_changing_the_row_count(week_of_raw_objects, aws):
 
 
 def test_a_malformed_object_is_reported_and_the_rest_of_the_window_loads(
-    week_of_raw_objects, aws, raw_bucket
+    week_of_raw_objects, aws, raw_bucket, backfill
 ):
     put_raw_bytes(
         aws.client("s3"),
@@ -248,16 +237,15 @@ def test_a_malformed_object_is_reported_and_the_rest_of_the_window_loads(
         b"{broken\nnot json either\n",
         WEEK_START + timedelta(hours=60),
     )
-    result = run_backfill(week_of_raw_objects, aws, start="2025-12-03T00", end="2025-12-03T23")
+    result = backfill(week_of_raw_objects, start="2025-12-03T00", end="2025-12-03T23")
     assert result["totals"]["objects"] == 25
     assert result["totals"]["rejected_lines"] == 2
     assert result["totals"]["events_loaded"] == 24 * EVENTS_PER_OBJECT
     assert week_of_raw_objects.scalar("SELECT count(*) FROM etl_rejects") == 2
 
 
-def test_a_window_larger_than_the_maximum_is_refused(week_of_raw_objects, aws):
-    result = run_backfill(
-        week_of_raw_objects, aws, start="2025-12-01T00", end="2025-12-07T23",
+def test_a_window_larger_than_the_maximum_is_refused(week_of_raw_objects, backfill):
+    result = backfill(week_of_raw_objects, start="2025-12-01T00", end="2025-12-07T23",
         backfill_max_window_hours=24,
     )  # fmt: skip
     assert result["failed"] is True
@@ -265,7 +253,7 @@ def test_a_window_larger_than_the_maximum_is_refused(week_of_raw_objects, aws):
 
 
 def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
-    week_of_raw_objects, aws, postgres
+    week_of_raw_objects, postgres, backfill
 ):
     warehouse = week_of_raw_objects
 
@@ -284,8 +272,8 @@ def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
     stopper = threading.Thread(target=stop_the_database_once_day_four_is_loaded)
     stopper.start()
     try:
-        failed = run_backfill(
-            warehouse, aws, start="2025-12-03T00", end="2025-12-07T23", backfill_chunk_hours=1
+        failed = backfill(
+            warehouse, start="2025-12-03T00", end="2025-12-07T23", backfill_chunk_hours=1
         )
     finally:
         run_over.set()
@@ -308,19 +296,17 @@ def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
         (48 + hours_before + 1) * EVENTS_PER_OBJECT,
     }
 
-    resumed = run_backfill(
-        warehouse, aws, start=resume_from, end="2025-12-07T23", backfill_chunk_hours=24
-    )
+    resumed = backfill(warehouse, start=resume_from, end="2025-12-07T23", backfill_chunk_hours=24)
 
     assert not resumed.get("failed"), resumed.get("msg")
     assert resumed["totals"]["duplicates_skipped"] == 0
     assert loaded_events(warehouse) == WEEK_HOURS * EVENTS_PER_OBJECT
 
 
-def test_the_refresh_playbook_recomputes_the_rollups_of_a_range(week_of_raw_objects, aws):
+def test_the_refresh_playbook_recomputes_the_rollups_of_a_range(week_of_raw_objects, tmp_path):
     warehouse = week_of_raw_objects
     warehouse.query("UPDATE rollup_funnel_daily SET sessions = 999 RETURNING 1")
-    extra_vars = {
+    variables = {
         "refresh_start": "2025-12-01T00",
         "refresh_end": "2025-12-01T23",
         "refresh_hosts": "localhost",
@@ -331,16 +317,11 @@ def test_the_refresh_playbook_recomputes_the_rollups_of_a_range(week_of_raw_obje
         "warehouse_database": warehouse.database,
         "ansible_python_interpreter": sys.executable,
     }
-    completed = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "inventories/local",
-         "playbooks/refresh_rollups.yml", "-e", json.dumps(extra_vars)],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    playbook_run = run_playbook(
+        "playbooks/refresh_rollups.yml", "-i", "inventories/local", *extra_vars(variables),
+        environment={}, temp_dir=tmp_path,
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert playbook_run.returncode == 0, playbook_run.explain()
     assert warehouse.query("SELECT day::text, sessions FROM rollup_funnel_daily ORDER BY day") == [
         ("2025-12-01", 24),
         ("2025-12-02", 999),
