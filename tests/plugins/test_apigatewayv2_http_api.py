@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,11 @@ from plugins.module_utils.apigatewayv2 import (
     LambdaIntegration,
     plan_routes,
 )
+from tests.fixtures.ansible import run_playbook
 from tests.fixtures.aws import MotoServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_PATH = REPO_ROOT / "plugins" / "modules" / "apigatewayv2_http_api.py"
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 
 INGEST_LAMBDA_ARN = "arn:aws:lambda:ap-southeast-1:123456789012:function:clickstream-ingest"
 BACKFILL_LAMBDA_ARN = "arn:aws:lambda:ap-southeast-1:123456789012:function:clickstream-backfill"
@@ -412,8 +410,9 @@ def task(options: dict[str, Any], check_mode: bool = False, may_fail: bool = Fal
 def run_tasks(tmp_path: Path, *tasks: dict[str, Any], diff: bool = False) -> list[dict]:
     """Run the tasks in one play on localhost; return each task's result.
 
-    The play runs in the repository so that ansible.cfg's library and module_utils paths
-    apply, with this process's environment, which the aws fixture points at moto.
+    tests.fixtures.ansible.run_playbook runs it in the repository (ansible.cfg's library and
+    module_utils paths apply) with this process's environment, which the aws fixture points at
+    moto.
     """
     play = {
         "name": "Exercise apigatewayv2_http_api",
@@ -426,27 +425,15 @@ def run_tasks(tmp_path: Path, *tasks: dict[str, Any], diff: bool = False) -> lis
     }
     playbook = tmp_path / f"playbook-{len(list(tmp_path.glob('playbook-*.yml')))}.yml"
     playbook.write_text(json.dumps([play], indent=2))  # JSON is YAML
-    environment = {
-        **os.environ,
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-        "ANSIBLE_NOCOLOR": "1",
-    }
-    command = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook)]
-    if diff:
-        command.append("--diff")
-    completed = subprocess.run(
-        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=120
-    )
-    try:
-        output = json.loads(completed.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"ansible-playbook printed no JSON:\n{completed.stdout}\n{completed.stderr}")
-    results = [entry["hosts"]["localhost"] for entry in output["plays"][0]["tasks"]]
+    playbook_run = run_playbook(
+        playbook, "-i", "localhost,", *(["--diff"] if diff else []),
+        environment={}, temp_dir=tmp_path, timeout_seconds=120,
+    )  # fmt: skip
+    results = [task.result for task in playbook_run.task_results]
     for index, (ran, result) in enumerate(zip(tasks, results, strict=False)):
         if result.get("failed") and not ran["ignore_errors"]:
             pytest.fail(f"task {index} failed: {result.get('msg')}")
-    assert len(results) == len(tasks), completed.stderr
+    assert len(results) == len(tasks), playbook_run.stderr
     return results
 
 
