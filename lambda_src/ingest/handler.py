@@ -302,24 +302,25 @@ def _json_type(value: Any) -> str:
     return "string"
 
 
-def _require_valid_events(events: list[Any], is_batch: bool) -> None:
-    invalid = [
-        index
-        for index, incoming in enumerate(events)
-        if not contract.is_valid(incoming, contract.INCOMING_EVENT)
+def _batch_problems(
+    items: list[Any], definition: str, is_batch: bool
+) -> tuple[int, list[contract.Problem]]:
+    """How many items break ``definitions/<definition>``, and every problem of each, with paths
+    prefixed by the item's index in a batch. Valid items cost only the fast check."""
+    per_item = [
+        contract.problems(item, definition, f"/{index}" if is_batch else "")
+        for index, item in enumerate(items)
     ]
+    return sum(1 for problems in per_item if problems), [p for ps in per_item for p in ps]
+
+
+def _require_valid_events(events: list[Any], is_batch: bool) -> None:
+    invalid, found = _batch_problems(events, contract.INCOMING_EVENT, is_batch)
     if invalid:
-        found = [
-            problem
-            for index in invalid
-            for problem in contract.problems(
-                events[index], contract.INCOMING_EVENT, f"/{index}" if is_batch else ""
-            )
-        ]
         raise RequestRejected(
             422,
             "contract_violation",
-            f"{len(invalid)} of {len(events)} events break the event contract; nothing was stored.",
+            f"{invalid} of {len(events)} events break the event contract; nothing was stored.",
             found,
         )
 
@@ -327,15 +328,8 @@ def _require_valid_events(events: list[Any], is_batch: bool) -> None:
 def _require_valid_records(records: list[dict[str, Any]], is_batch: bool) -> None:
     # Every line written must load: the record, not only the event, satisfies the contract, so a
     # future change of the enrichment cannot write lines the ETL would reject.
-    found = [
-        problem
-        for index, record in enumerate(records)
-        if not contract.is_valid(record, contract.RAW_RECORD)
-        for problem in contract.problems(
-            record, contract.RAW_RECORD, f"/{index}" if is_batch else ""
-        )
-    ]
-    if found:
+    invalid, found = _batch_problems(records, contract.RAW_RECORD, is_batch)
+    if invalid:
         raise RequestRejected(
             422,
             "contract_violation",
