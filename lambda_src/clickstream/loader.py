@@ -143,13 +143,12 @@ class RunReport:
 class _PreparedChunk:
     """A transaction's worth of objects, parsed, ready for the warehouse.
 
-    ``csv_rows`` holds ``rows`` as COPY input, less events repeated within the chunk;
-    ``event_ids`` are those rows' ids in the same order.
+    ``rows`` are the chunk's events, each once (the first of a repeated event_id), and
+    ``csv_rows`` the same rows as COPY input.
     """
 
     rows: list[tuple]
     csv_rows: io.StringIO
-    event_ids: list[str]
     repeated_in_chunk: int
     dirty_hours: set[str]
     rejects: list[tuple]
@@ -516,7 +515,6 @@ def _prepare_chunk(chunk: list[tuple[RawObject, bytes | None]], run_id: str) -> 
     return _PreparedChunk(
         rows=unique_rows,
         csv_rows=_csv_of(unique_rows),
-        event_ids=[row[0] for row in unique_rows],
         repeated_in_chunk=len(rows) - len(unique_rows),
         dirty_hours={_utc_hour(row[1]) for row in unique_rows},
         rejects=rejects,
@@ -593,7 +591,7 @@ def _copy_new_events(connection, cursor, prepared: _PreparedChunk) -> int:
     outside it meanwhile, the unique key refuses the COPY and the chunk goes through staging.
     """
     cursor.execute("SAVEPOINT before_copy")
-    cursor.execute(_EXISTING_EVENT_IDS, (prepared.event_ids,))
+    cursor.execute(_EXISTING_EVENT_IDS, ([row[0] for row in prepared.rows],))
     existing = {event_id for (event_id,) in cursor.fetchall()}
     new_rows = prepared.csv_rows
     if existing:
