@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clickstream import warehouse as warehouse_module
 from clickstream.warehouse import ConfigurationError, WarehouseUnavailable
 from etl import handler as etl_handler
 from tests.fixtures.processes import free_loopback_port
@@ -23,17 +22,6 @@ SCHEDULED_EVENT = {
     "detail": {},
 }
 WINDOW_EVENT = {"start": "2025-12-01T10", "end": "2025-12-01T10", "force": False}
-
-
-@pytest.fixture
-def etl_environment(warehouse, raw_bucket, monkeypatch):
-    """Lambda ETL's environment for the test warehouse; caches of a warm Lambda are cleared."""
-    etl_handler._s3_client.cache_clear()
-    etl_handler._ssm_client.cache_clear()
-    warehouse_module._password_cache.clear()
-    for name, value in {**warehouse.etl_environment(), "RAW_BUCKET": raw_bucket}.items():
-        monkeypatch.setenv(name, value)
-    return warehouse
 
 
 def json_log_lines(output: str) -> list[dict]:

@@ -3,11 +3,14 @@
 #  - Debian packages when they are missing: PostgreSQL's server, Chromium and its driver, R
 #    with the dashboard's r-cran-* packages, debootstrap, systemd-nspawn and zstd;
 #  - the Python virtualenv in .venv from the pinned requirements.txt, rebuilt only
-#    when requirements.txt changes.
+#    when requirements.txt changes;
+#  - the security scanners' virtualenv in .venv-security from requirements-security.txt, the
+#    same way (checkov pins boto3 and packaging versions that clash with requirements.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
+SECURITY_VENV=${SECURITY_VENV:-.venv-security}
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(postgresql postgresql-contrib)
 
@@ -33,13 +36,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-stamp="$VENV/.requirements.sha256"
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "bootstrap: creating $VENV from requirements.txt"
-  rm -rf "$VENV"
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet -r requirements.txt
-  echo "$want" > "$stamp"
-fi
+# ensure_venv VENV REQUIREMENTS: (re)build VENV from the pinned REQUIREMENTS file, only when that
+# file changed since the last build (its sha256 is kept in the virtualenv).
+ensure_venv() {
+  local venv=$1 requirements=$2
+  local stamp="$venv/.requirements.sha256" want
+  want=$(sha256sum "$requirements" | cut -d' ' -f1)
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "bootstrap: creating $venv from $requirements"
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip
+    "$venv/bin/pip" install --quiet -r "$requirements"
+    echo "$want" > "$stamp"
+  fi
+}
+
+ensure_venv "$VENV" requirements.txt
+ensure_venv "$SECURITY_VENV" requirements-security.txt

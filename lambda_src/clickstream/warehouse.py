@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +60,21 @@ class WarehouseSettings:
 
 
 _password_cache: dict[str, str] = {}
+# botocore logs every response body at DEBUG, the decrypted SecureString included.
+_RESPONSE_BODY_LOGGER = "botocore.parsers"
+
+
+@contextmanager
+def _response_bodies_not_logged() -> Iterator[None]:
+    """Keep botocore's response bodies out of the logs, even when DEBUG is on (Lambda's log level
+    setting, a debugging session), while the password is read."""
+    body_logger = logging.getLogger(_RESPONSE_BODY_LOGGER)
+    level = body_logger.level
+    body_logger.setLevel(max(level, logging.INFO))
+    try:
+        yield
+    finally:
+        body_logger.setLevel(level)
 
 
 def resolve_password(settings: WarehouseSettings, ssm_client_factory: Callable[[], Any]) -> str:
@@ -66,7 +83,9 @@ def resolve_password(settings: WarehouseSettings, ssm_client_factory: Callable[[
         return settings.password
     name = settings.password_parameter
     if name not in _password_cache:
-        response = ssm_client_factory().get_parameter(Name=name, WithDecryption=True)
+        ssm = ssm_client_factory()
+        with _response_bodies_not_logged():
+            response = ssm.get_parameter(Name=name, WithDecryption=True)
         _password_cache[name] = response["Parameter"]["Value"]
     return _password_cache[name]
 
