@@ -347,29 +347,43 @@ def write_raw(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def send(arguments: argparse.Namespace) -> int:
-    """Live traffic: sessions of the last hour, shifted to now, POSTed at ``rate`` events/s."""
-    import urllib.request
+# Live traffic is generated over this day and then moved to end now, so that a seed always gives
+# the same sessions and event ids whenever it runs (tests compare them with the warehouse).
+LIVE_REFERENCE_DAY = datetime(2025, 6, 2, tzinfo=UTC)
 
-    shop = Shop(seed=arguments.seed)
-    now = datetime.now(UTC)
-    sessions = []
-    for events in shop.sessions_between(now - timedelta(days=1), now, sessions_per_day=1e6):
-        sessions.append(events)
-        if len(sessions) >= arguments.sessions:
+
+def live_events(seed: int, sessions: int, now: datetime) -> list[dict[str, Any]]:
+    """The first ``sessions`` sessions of the shop with ``seed``, shifted to end at ``now``,
+    their events in time order."""
+    shop = Shop(seed=seed)
+    chosen = []
+    day = shop.sessions_between(
+        LIVE_REFERENCE_DAY, LIVE_REFERENCE_DAY + timedelta(days=1), sessions_per_day=1e6
+    )
+    for events in day:
+        chosen.append(events)
+        if len(chosen) >= sessions:
             break
-    shift = now - event_time(sessions[-1][-1])
-    events = sorted((event for session in sessions for event in session), key=event_time)
+    shift = now - max(event_time(session[-1]) for session in chosen)
+    events = sorted((event for session in chosen for event in session), key=event_time)
     for event in events:
         event["eventTimestamp"] = (
             (event_time(event) + shift).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         )
+    return events
+
+
+def post_events(url: str, events: list[dict[str, Any]], rate: float, batch_size: int) -> None:
+    """POST ``events`` to an ingest URL in batches, at ``rate`` events/s, with a progress bar;
+    RuntimeError on the first answer that is not 202."""
+    import urllib.request
+
     progress = Progress(len(events), "events")
-    interval = arguments.batch / arguments.rate
-    for first in range(0, len(events), arguments.batch):
-        batch = events[first : first + arguments.batch]
+    interval = batch_size / rate
+    for first in range(0, len(events), batch_size):
+        batch = events[first : first + batch_size]
         request = urllib.request.Request(  # noqa: S310 - the operator's own ingest URL
-            arguments.url,
+            url,
             data=json.dumps(batch).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
@@ -377,11 +391,21 @@ def send(arguments: argparse.Namespace) -> int:
         started = time.monotonic()
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             if response.status != 202:
-                sys.stderr.write(f"\ningest answered {response.status}\n")
-                return 1
+                raise RuntimeError(f"ingest answered {response.status}: {response.read()[:500]}")
         progress.advance(len(batch))
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
     progress.finish()
+
+
+def send(arguments: argparse.Namespace) -> int:
+    """Live traffic: sessions shifted to now, POSTed at ``rate`` events/s."""
+    events = live_events(arguments.seed, arguments.sessions, datetime.now(UTC))
+    try:
+        post_events(arguments.url, events, arguments.rate, arguments.batch)
+    except (RuntimeError, OSError) as error:
+        sys.stderr.write(f"\n{error}\n")
+        return 1
+    print(json.dumps({"events": len(events), "url": arguments.url}))
     return 0
 
 

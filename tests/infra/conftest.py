@@ -65,7 +65,9 @@ def run_on_moto(infra_moto: MotoServer, tmp_path_factory: pytest.TempPathFactory
             playbook,
             "-i",
             LOCAL_INVENTORY,
-            *extra_vars({"lambdas_build_dir": str(build_dir)}),
+            # lambdas_etl_dwh_host "": the AWS way, DWH_HOST is the DWH instance's private IP
+            # (the local platform points it at its systemd-nspawn instance instead).
+            *extra_vars({"lambdas_build_dir": str(build_dir), "lambdas_etl_dwh_host": ""}),
             *arguments,
             environment=aws_environment(infra_moto.endpoint_url),
             temp_dir=temp_dir,

@@ -10,7 +10,6 @@ code: it exists only for the local inventory and the tests.
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ROUTE_PATH = "/clickstream"
+ROUTE_KEY = "POST /clickstream"
 # API Gateway refuses larger payloads before the function sees them (HTTP API quota: 10 MB).
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 CORS_MAX_AGE_SECONDS = 3600
@@ -72,19 +71,27 @@ def api_gateway_event(method: str, path: str, headers: dict[str, str], body: byt
 
 
 class HttpApi(ThreadingHTTPServer):
-    """POST /clickstream → ``handler``, with CORS for ``allowed_origins`` (``*`` for any)."""
+    """The route ``route_key`` (POST /clickstream) → ``handler``, with CORS for
+    ``allowed_origins`` (``*`` for any)."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: Handler, allowed_origins: Iterable[str]):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: Handler,
+        allowed_origins: Iterable[str],
+        route_key: str = ROUTE_KEY,
+    ):
         self.handler = handler
         self.allowed_origins = frozenset(allowed_origins)
+        self.route_method, self.route_path = route_key.split(" ", 1)
         super().__init__(address, _RequestHandler)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}{ROUTE_PATH}"
+        return f"http://{host}:{port}{self.route_path}"
 
     def cors_origin(self, origin: str | None) -> str | None:
         if origin and (origin in self.allowed_origins or "*" in self.allowed_origins):
@@ -121,19 +128,19 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._reply(404, b'{"message":"Not Found"}', {"Content-Type": "application/json"})
 
     def do_OPTIONS(self) -> None:
-        if self.path != ROUTE_PATH:
+        if self.path != self.server.route_path:
             return self._not_found()
         headers = {}
         if self.server.cors_origin(self.headers.get("Origin")):
             headers = {
-                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Methods": f"{self.server.route_method}, OPTIONS",
                 "Access-Control-Allow-Headers": "content-type",
                 "Access-Control-Max-Age": str(CORS_MAX_AGE_SECONDS),
             }
         return self._reply(204, b"", headers)
 
     def do_POST(self) -> None:
-        if self.path != ROUTE_PATH:
+        if self.command != self.server.route_method or self.path != self.server.route_path:
             return self._not_found()
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_PAYLOAD_BYTES:
@@ -142,19 +149,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             )
         body = self.rfile.read(length)
         event = api_gateway_event(
-            "POST", ROUTE_PATH, dict(self.headers.items()), body, self.client_address[0]
+            self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
         )
         response = self.server.handler(event, LambdaContext("ingest"))
         payload = response.get("body") or ""
         raw = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
         return self._reply(response.get("statusCode", 200), raw, response.get("headers") or {})
-
-
-def serve(handler: Handler, port: int, allowed_origins: Iterable[str], host: str = "127.0.0.1"):
-    """Serve until interrupted (the local platform runs this under systemd or a test)."""
-    api = HttpApi((host, port), handler, allowed_origins)
-    print(json.dumps({"ingest_url": api.url}), flush=True)
-    try:
-        api.serve_forever()
-    finally:
-        api.server_close()

@@ -1,0 +1,544 @@
+"""The whole platform on one machine: `make up`, `make down` and their companions.
+
+    python -m tools.local_platform up [ANSIBLE-PLAYBOOK ARGS]   moto, the DWH instance, site.yml
+    python -m tools.local_platform down                         stop and remove all of it
+    python -m tools.local_platform status                       what runs, where
+    python -m tools.local_platform etl [--start T --end T [--force]]   invoke Lambda ETL now
+    python -m tools.local_platform traffic [--sessions N --rate R]     the synthetic shop, live
+    python -m tools.local_platform psql                         psql on the warehouse (ETL login)
+    python -m tools.local_platform env                          export lines for AWS_ENDPOINT_URL
+
+`up` is what a production run is, with AWS emulated: a moto server on loopback stands in for the
+account, a systemd-nspawn instance (tools/molecule_nspawn.py, the role tests' tooling) for the
+DWH EC2 instance, and ``ansible-playbook site.yml -i inventories/local`` configures both. moto
+keeps the functions but cannot run them, so `up` ends by (re)starting the local Lambda runtime
+(runtime.py): the HTTP API, Lambda Invoke, the schedule and the dashboard's port forward.
+
+Every address and port comes from the local inventory (inventories/local/group_vars), read with
+Ansible itself. Must run as root (systemd-nspawn, nsenter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+INVENTORY = REPOSITORY / "inventories" / "local"
+BIN = Path(sys.executable).parent
+NSPAWN_TOOL = REPOSITORY / "tools" / "molecule_nspawn.py"
+# The emulator's credentials: any value works.
+AWS_ACCESS_KEY_ID = "local-platform"
+# moto checks no signature: each process signs with a key of its own, made up here, so that no
+# key is written anywhere (and none that Ansible would mask in its output is a common word).
+AWS_SECRET_ACCESS_KEY = secrets.token_urlsafe(30)
+STOP_TIMEOUT_SECONDS = 15
+START_TIMEOUT_SECONDS = 60
+DASHBOARD_START_SECONDS = 120
+
+# What `up` reads from the local inventory, rendered by Ansible (group_vars of all and dwh).
+SETTINGS_EXPRESSION = """{{ {
+  'region': aws_region,
+  'moto_port': local_platform_moto_port,
+  'ingest_port': local_platform_ingest_port,
+  'invoke_port': local_platform_invoke_port,
+  'shop_port': local_platform_shop_port,
+  'dashboard_port': local_platform_dashboard_port,
+  'state_dir': local_platform_state_dir,
+  'build_dir': lambdas_build_dir,
+  'etl_function': lambdas_etl_name,
+  'schedule': schedule_expression,
+  'dwh_hosts': groups['dwh'],
+  'warehouse_host': hostvars[groups['dwh'][0]].postgresql_listen_address,
+  'warehouse_port': warehouse_port,
+  'warehouse_database': warehouse_database,
+  'warehouse_etl_user': warehouse_etl_user,
+  'etl_password_parameter': secrets_etl_writer_password_parameter,
+  'dashboard_address': hostvars[groups['dwh'][0]].r_shiny_listen_host,
+  'dashboard_remote_port': hostvars[groups['dwh'][0]].r_shiny_listen_port | default(3838),
+} | to_json }}"""
+
+
+class PlatformError(Exception):
+    """Something the operator must fix; the message says what."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str
+    moto_port: int
+    ingest_port: int
+    invoke_port: int
+    shop_port: int
+    dashboard_port: int
+    state_dir: Path
+    build_dir: Path
+    etl_function: str
+    schedule: str
+    dwh_hosts: tuple[str, ...]
+    warehouse_host: str
+    warehouse_port: int
+    warehouse_database: str
+    warehouse_etl_user: str
+    etl_password_parameter: str
+    dashboard_address: str
+    dashboard_remote_port: int
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.moto_port}"
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://127.0.0.1:{self.ingest_port}/clickstream"
+
+    @property
+    def shop_url(self) -> str:
+        return f"http://127.0.0.1:{self.shop_port}/demo_shop/index.html?endpoint={self.ingest_url}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}/"
+
+    @property
+    def invoke_url(self) -> str:
+        return f"http://127.0.0.1:{self.invoke_port}"
+
+    @property
+    def warehouse_url(self) -> str:
+        return (
+            f"postgresql://{self.warehouse_etl_user}@{self.warehouse_host}:"
+            f"{self.warehouse_port}/{self.warehouse_database}"
+        )
+
+    def listeners(self) -> list[tuple[str, int]]:
+        """Every address the platform serves: the machine's daemons, then the instance's."""
+        ports = (
+            self.moto_port, self.ingest_port, self.invoke_port, self.shop_port,
+            self.dashboard_port,
+        )  # fmt: skip
+        return [("127.0.0.1", port) for port in ports] + [
+            (self.warehouse_host, self.warehouse_port),
+            (self.dashboard_address, self.dashboard_remote_port),
+        ]
+
+    def aws_environment(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": AWS_SECRET_ACCESS_KEY,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def pid_file(self, daemon: str) -> Path:
+        return self.state_dir / f"{daemon}.pid"
+
+    def log_file(self, daemon: str) -> Path:
+        return self.state_dir / "logs" / f"{daemon}.log"
+
+
+def read_settings() -> Settings:
+    """The local inventory's values, rendered by Ansible (no host is contacted)."""
+    result = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-i",
+            str(INVENTORY),
+            "-m",
+            "ansible.builtin.debug",
+            "-a",
+            f"msg={SETTINGS_EXPRESSION}",
+            # What playbooks/ derive from their own folder; an ad hoc run has none.
+            "-e",
+            f"platform_repository_root={REPOSITORY}",
+        ],
+        cwd=REPOSITORY,
+        env={**os.environ, "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        report = json.loads(result.stdout)
+        message = report["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+        values: dict[str, Any] = json.loads(message) if isinstance(message, str) else message
+    except (ValueError, KeyError, IndexError) as error:
+        raise PlatformError(
+            f"could not read the local inventory's settings:\n{result.stdout[-2000:]}"
+            f"{result.stderr[-2000:]}"
+        ) from error
+    for name in ("state_dir", "build_dir"):
+        values[name] = Path(values[name])
+    values["dwh_hosts"] = tuple(values["dwh_hosts"])
+    for name in (
+        "moto_port",
+        "ingest_port",
+        "invoke_port",
+        "shop_port",
+        "dashboard_port",
+        "warehouse_port",
+        "dashboard_remote_port",
+    ):
+        values[name] = int(values[name])
+    return Settings(**values)
+
+
+# --- daemons: a pid file each under the state directory -------------------------------------
+
+
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def running_pid(settings: Settings, daemon: str) -> int | None:
+    """The daemon's pid if its pid file names a live process that is still that daemon."""
+    try:
+        pid = int(settings.pid_file(daemon).read_text())
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    # Every daemon carries --state-dir: a recycled pid is not taken for it.
+    return pid if f"--state-dir={settings.state_dir}".encode() in command_line else None
+
+
+def start_daemon(
+    settings: Settings,
+    daemon: str,
+    argv: list[str],
+    environment: dict[str, str],
+    ready_ports: list[int],
+) -> int:
+    for port in ready_ports:
+        if port_answers(port):
+            raise PlatformError(
+                f"127.0.0.1:{port} is already in use by another program; free it or change "
+                f"its port in {INVENTORY / 'group_vars/all/local_platform.yml'}"
+            )
+    log_path = settings.log_file(daemon)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=REPOSITORY,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    settings.pid_file(daemon).write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while not all(port_answers(port) for port in ready_ports):
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise PlatformError(f"{daemon} did not start (log {log_path}):\n{tail}")
+        time.sleep(0.1)
+    return process.pid
+
+
+def stop_daemon(settings: Settings, daemon: str) -> bool:
+    pid = running_pid(settings, daemon)
+    settings.pid_file(daemon).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    # The daemon leads its own session: its workers go with it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def ensure_moto(settings: Settings) -> str:
+    if running_pid(settings, "moto") and port_answers(settings.moto_port):
+        return "running"
+    environment = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
+    start_daemon(
+        settings,
+        "moto",
+        [
+            sys.executable,
+            "-m",
+            "tools.local_platform.emulator",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(settings.moto_port),
+            f"--state-dir={settings.state_dir}",
+        ],
+        environment,
+        [settings.moto_port],
+    )
+    return "started"
+
+
+def restart_runtime(settings: Settings) -> None:
+    stop_daemon(settings, "runtime")
+    argv = [
+        sys.executable,
+        "-m",
+        "tools.local_platform.runtime",
+        f"--state-dir={settings.state_dir}",
+        f"--endpoint-url={settings.endpoint_url}",
+        f"--region={settings.region}",
+        f"--build-dir={settings.build_dir}",
+        f"--invoke-port={settings.invoke_port}",
+        f"--api-port={settings.ingest_port}",
+        f"--static-port={settings.shop_port}",
+        f"--static-dir={REPOSITORY / 'files'}",
+        f"--forward=127.0.0.1:{settings.dashboard_port}="
+        f"{settings.dashboard_address}:{settings.dashboard_remote_port}",
+    ]
+    environment = {**os.environ, **settings.aws_environment(), "PYTHONPATH": str(REPOSITORY)}
+    start_daemon(
+        settings,
+        "runtime",
+        argv,
+        environment,
+        [settings.invoke_port, settings.ingest_port, settings.shop_port, settings.dashboard_port],
+    )
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise PlatformError("run as root: the DWH instance is a systemd-nspawn container")
+
+
+def run_site(settings: Settings, ansible_arguments: list[str]) -> None:
+    command = [str(BIN / "ansible-playbook"), "site.yml", "-i", str(INVENTORY), *ansible_arguments]
+    print(f"$ {' '.join(command)}", flush=True)
+    environment = {
+        **os.environ,
+        **settings.aws_environment(),
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    }
+    if subprocess.run(command, cwd=REPOSITORY, env=environment, check=False).returncode != 0:
+        raise PlatformError("site.yml failed (above); fix it and run `make up` again")
+
+
+def up(arguments: argparse.Namespace) -> int:
+    require_root()
+    started = time.monotonic()
+    settings = read_settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"local platform: AWS emulator (moto) on {settings.endpoint_url}: {ensure_moto(settings)}",
+        flush=True,
+    )
+    for host in settings.dwh_hosts:
+        print(f"local platform: booting the DWH instance {host} (systemd-nspawn)", flush=True)
+        subprocess.run(
+            [sys.executable, str(NSPAWN_TOOL), "create", host],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    run_site(settings, arguments.ansible_arguments)
+    restart_runtime(settings)
+    wait_for_dashboard(settings)
+    print_summary(settings, time.monotonic() - started)
+    return 0
+
+
+def wait_for_dashboard(settings: Settings) -> None:
+    """The app starts a few seconds after its service (R loads its packages): `up` is done
+    when the dashboard answers."""
+    deadline = time.monotonic() + DASHBOARD_START_SECONDS
+    while not port_answers(settings.dashboard_remote_port, settings.dashboard_address):
+        if time.monotonic() > deadline:
+            raise PlatformError(
+                f"the dashboard on {settings.dashboard_address}:{settings.dashboard_remote_port} "
+                f"did not answer in {DASHBOARD_START_SECONDS} s; its service's journal in "
+                f"the instance says why (unit clickstream-dashboard)"
+            )
+        time.sleep(0.5)
+
+
+def print_summary(settings: Settings, seconds: float | None = None) -> None:
+    took = f" in {seconds:.0f} s" if seconds is not None else ""
+    print(
+        f"""
+The local clickstream platform is up{took}.
+
+  Ingest (the HTTP API)        POST {settings.ingest_url}
+  Demo shop (tracker inside)   {settings.shop_url}
+  Dashboards (port-forward)    {settings.dashboard_url}
+  Warehouse                    {settings.warehouse_url}
+                               password: SSM SecureString {settings.etl_password_parameter};
+                               `make psql` opens psql with it
+  AWS (moto)                   {settings.endpoint_url}   (`eval "$(make -s env)"` for your shell)
+  Lambda Invoke                {settings.invoke_url}   logs: {settings.state_dir}/logs/
+
+  Send traffic                 make traffic [SESSIONS=200 RATE=50]
+  Run the ETL now              make etl     (the schedule runs it: {settings.schedule})
+  Tear it all down             make down
+""",
+        flush=True,
+    )
+
+
+def down(arguments: argparse.Namespace) -> int:
+    require_root()
+    settings = read_settings()
+    stop_daemon(settings, "runtime")
+    for host in settings.dwh_hosts:
+        subprocess.run(
+            [sys.executable, str(NSPAWN_TOOL), "destroy", host],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    stop_daemon(settings, "moto")
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
+    print("local platform: stopped; nothing is left running", flush=True)
+    return 0
+
+
+def status(arguments: argparse.Namespace) -> int:
+    settings = read_settings()
+    moto, runtime = running_pid(settings, "moto"), running_pid(settings, "runtime")
+    print(
+        json.dumps(
+            {
+                "moto": {"pid": moto, "url": settings.endpoint_url},
+                "runtime": {
+                    "pid": runtime,
+                    "ingest_url": settings.ingest_url,
+                    "invoke_url": settings.invoke_url,
+                    "dashboard_url": settings.dashboard_url,
+                },
+                "dwh_hosts": list(settings.dwh_hosts),
+            },
+            indent=2,
+        )
+    )
+    return 0 if moto and runtime else 3
+
+
+def lambda_client(settings: Settings):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "lambda",
+        endpoint_url=settings.invoke_url,
+        region_name=settings.region,
+        aws_access_key_id=AWS_ACCESS_KEY_ID,
+        aws_secret_access_key=AWS_SECRET_ACCESS_KEY,
+        config=Config(read_timeout=960, retries={"max_attempts": 0}),
+    )
+
+
+def etl(arguments: argparse.Namespace) -> int:
+    settings = read_settings()
+    event: dict[str, Any] = {}
+    if arguments.start or arguments.end:
+        event = {"start": arguments.start, "end": arguments.end, "force": arguments.force}
+    response = lambda_client(settings).invoke(
+        FunctionName=settings.etl_function, Payload=json.dumps(event).encode()
+    )
+    payload = json.loads(response["Payload"].read() or b"null")
+    print(json.dumps(payload, indent=2))
+    return 1 if response.get("FunctionError") else 0
+
+
+def traffic(arguments: argparse.Namespace) -> int:
+    from tools import synthetic_shop
+
+    settings = read_settings()
+    return synthetic_shop.main(
+        [
+            "send",
+            "--url",
+            settings.ingest_url,
+            "--sessions",
+            str(arguments.sessions),
+            "--rate",
+            str(arguments.rate),
+            "--seed",
+            str(arguments.seed),
+        ]
+    )
+
+
+def psql(arguments: argparse.Namespace) -> int:
+    import boto3
+
+    settings = read_settings()
+    ssm = boto3.client(
+        "ssm",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=AWS_ACCESS_KEY_ID,
+        aws_secret_access_key=AWS_SECRET_ACCESS_KEY,
+    )
+    password = ssm.get_parameter(Name=settings.etl_password_parameter, WithDecryption=True)
+    # In psql's environment only: never on its command line or printed.
+    environment = {**os.environ, "PGPASSWORD": password["Parameter"]["Value"]}
+    psql_path = shutil.which("psql") or "/usr/bin/psql"
+    return subprocess.run(
+        [psql_path, settings.warehouse_url], env=environment, check=False
+    ).returncode
+
+
+def env(arguments: argparse.Namespace) -> int:
+    for name, value in read_settings().aws_environment().items():
+        print(f"export {name}={value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.local_platform", description=__doc__.split("\n\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("up", help="start everything and run site.yml")
+    command.add_argument(
+        "ansible_arguments", nargs=argparse.REMAINDER, help="passed to ansible-playbook"
+    )
+    command.set_defaults(run=up)
+    commands.add_parser("down", help="stop and remove everything").set_defaults(run=down)
+    commands.add_parser("status", help="what runs, where").set_defaults(run=status)
+    command = commands.add_parser("etl", help="invoke Lambda ETL now")
+    command.add_argument("--start", help="window start (ISO-8601); default: a scheduled run")
+    command.add_argument("--end", help="window end (ISO-8601)")
+    command.add_argument("--force", action="store_true", help="reload the window's objects")
+    command.set_defaults(run=etl)
+    command = commands.add_parser("traffic", help="synthetic shop sessions to the ingest URL")
+    command.add_argument("--sessions", type=int, default=200)
+    command.add_argument("--rate", type=float, default=50, help="events per second")
+    command.add_argument("--seed", type=int, default=7)
+    command.set_defaults(run=traffic)
+    commands.add_parser("psql", help="psql on the warehouse").set_defaults(run=psql)
+    commands.add_parser("env", help="export lines for the emulator").set_defaults(run=env)
+    arguments = parser.parse_args(argv)
+    try:
+        return arguments.run(arguments)
+    except PlatformError as error:
+        print(f"local platform: {error}", file=sys.stderr)
+        return 1
