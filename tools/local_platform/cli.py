@@ -517,10 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tools.local_platform", description=__doc__.split("\n\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    # Everything after `up` that is not its own goes to ansible-playbook (-v, --tags, -e ...).
     command = commands.add_parser("up", help="start everything and run site.yml")
-    command.add_argument(
-        "ansible_arguments", nargs=argparse.REMAINDER, help="passed to ansible-playbook"
-    )
     command.set_defaults(run=up)
     commands.add_parser("down", help="stop and remove everything").set_defaults(run=down)
     commands.add_parser("status", help="what runs, where").set_defaults(run=status)
@@ -536,7 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     command.set_defaults(run=traffic)
     commands.add_parser("psql", help="psql on the warehouse").set_defaults(run=psql)
     commands.add_parser("env", help="export lines for the emulator").set_defaults(run=env)
-    arguments = parser.parse_args(argv)
+    arguments, unknown = parser.parse_known_args(argv)
+    if arguments.command == "up":
+        arguments.ansible_arguments = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return arguments.run(arguments)
     except PlatformError as error:
