@@ -140,3 +140,101 @@ def test_a_forced_reload_leaves_every_aggregate_unchanged(warehouse, aws, raw_bu
     finally:
         connection.close()
     assert warehouse.query(aggregates) == before
+
+
+def visitor_rows(warehouse) -> list[tuple]:
+    return warehouse.query(
+        "SELECT visitor_id, product_category, product_brand, day, furthest_step, "
+        "previous_days::text FROM visitor_days WHERE visitor_kind = 'client' ORDER BY 1, 2, 3, 4"
+    )
+
+
+def test_sessions_count_in_every_scope_of_the_products_they_touched(warehouse, aws, raw_bucket):
+    load(warehouse, aws, raw_bucket, converting_and_browsing_sessions(DAY_1), DAY_1)
+    rows = warehouse.query(
+        "SELECT product_category, product_brand, sessions, product_view_sessions, "
+        "add_to_cart_sessions, checkout_sessions, purchase_sessions, converted_sessions "
+        "FROM rollup_sessions_daily ORDER BY 1, 2"
+    )
+    # The buyer viewed, carted and bought a Dell laptop; the browser viewed it and a mouse.
+    assert rows == [
+        ("", "", 2, 2, 1, 1, 1, 1),
+        ("", "Dell", 2, 2, 1, 1, 1, 1),
+        ("", "Logitech", 1, 1, 0, 0, 0, 0),
+        ("laptop", "", 2, 2, 1, 1, 1, 1),
+        ("laptop", "Dell", 2, 2, 1, 1, 1, 1),
+        ("mouse", "", 1, 1, 0, 0, 0, 0),
+        ("mouse", "Logitech", 1, 1, 0, 0, 0, 0),
+    ]
+    # Every event; in a scope, the views and add-to-carts of its products.
+    assert warehouse.query(
+        "SELECT product_category, product_brand, events FROM rollup_events_hourly ORDER BY 1, 2"
+    ) == [
+        ("", "", 8),
+        ("", "Dell", 3),
+        ("", "Logitech", 1),
+        ("laptop", "", 3),
+        ("laptop", "Dell", 3),
+        ("mouse", "", 1),
+        ("mouse", "Logitech", 1),
+    ]
+
+
+def test_a_visitor_day_remembers_the_visitor_s_previous_day_per_step(warehouse, aws, raw_bucket):
+    browsing = session_events("monday", DAY_1, [("page_view", None), ("product_view", MOUSE)])
+    buying = session_events(
+        "tuesday", DAY_2, [("product_view", LAPTOP), ("add_to_cart_click", LAPTOP)]
+    )
+    for record in browsing + buying:
+        record["event"]["clientId"] = "client-loyal"
+    load(warehouse, aws, raw_bucket, browsing, DAY_1)
+    load(warehouse, aws, raw_bucket, buying, DAY_2)
+    day_1, day_2 = DAY_1.date(), DAY_2.date()
+    nothing_before = "{-infinity,-infinity,-infinity,-infinity,-infinity}"
+    assert [row for row in visitor_rows(warehouse) if row[1:3] == ("", "")] == [
+        ("client-loyal", "", "", day_1, 1, nothing_before),
+        # Seen on day 1 (any session, a product view), never carted before day 2.
+        ("client-loyal", "", "", day_2, 2, f"{{{day_1},{day_1},-infinity,-infinity,-infinity}}"),
+    ]
+    # Distinct over both days: one visitor, though each day counts it.
+    assert (
+        warehouse.scalar(
+            "SELECT sum(visitors) FROM rollup_visitors_daily WHERE visitor_kind = 'client' "
+            "AND product_category = '' AND product_brand = '' AND step = 0 "
+            "AND day BETWEEN %s AND %s AND previous_day < %s",
+            (day_1, day_2, day_1),
+        )
+        == 1
+    )
+
+
+def test_a_late_event_moves_a_session_and_its_visitor_to_the_earlier_day(
+    warehouse, aws, raw_bucket
+):
+    after_midnight = datetime(2025, 12, 2, 0, 5, tzinfo=UTC)
+    load(warehouse, aws, raw_bucket, session_events("s", after_midnight, [("page_view", None)]),
+         after_midnight)  # fmt: skip
+    assert [row[3] for row in visitor_rows(warehouse)] == [date(2025, 12, 2)]
+    before_midnight = after_midnight - timedelta(minutes=10)
+    load(warehouse, aws, raw_bucket, session_events("s", before_midnight, [("page_view", None)]),
+         before_midnight)  # fmt: skip
+    assert [row[3] for row in visitor_rows(warehouse)] == [date(2025, 12, 1)]
+    assert warehouse.query(
+        "SELECT day, sessions FROM rollup_sessions_daily WHERE product_category = ''"
+    ) == [(date(2025, 12, 1), 1)]
+    assert warehouse.query(
+        "SELECT day, step, visitors FROM rollup_visitors_daily WHERE visitor_kind = 'client'"
+    ) == [(date(2025, 12, 1), 0, 1)]
+
+
+def test_a_refresh_leaves_no_page_range_of_the_events_unsummarized(warehouse, aws, raw_bucket):
+    """Unsummarized BRIN ranges match every time range: each read of the rollups' refresh (and
+    of the dashboards' freshness) would scan all of them."""
+    records = [
+        raw_record(tracker_event("page_view", sessionId=f"s-{n // 5}"), DAY_1)
+        for n in range(5000)  # a few hundred pages: several 32-page ranges
+    ]
+    load(warehouse, aws, raw_bucket, records, DAY_1)
+    assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == len(records)
+    summarize = "SELECT brin_summarize_new_values('clickstream_events_event_timestamp_brin')"
+    assert warehouse.scalar(summarize) == 0

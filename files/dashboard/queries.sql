@@ -6,12 +6,16 @@
 --   ?date_from, ?date_to  the first and last day of the chosen range (inclusive), 'YYYY-MM-DD',
 --                         days in the shop's time zone (warehouse_settings.reporting_time_zone)
 --   ?category, ?brand     a product category / brand, or '' for all
+--   ?visitor_kind         'client' (users as client ids) or 'user' (logged-in users)
 --   ?page                 a page path, as in rollup_page_transitions_daily
 --
--- Every panel reads the rollups or the sessions table; none scans clickstream_events over the
--- chosen range (warehouse_events and freshness read only the last loaded hour of it).
--- Sessions count on the day they started. Hourly rollups are UTC hours: a day in a zone whose
--- offset is not whole hours is cut at the hour.
+-- Every panel reads the rollups the ETL keeps; none scans clickstream_events over the chosen
+-- range (warehouse_events and freshness read only the last loaded hour of it).
+-- Category and brand choose a scope (migration 0007): with either, the events are the product
+-- views and add-to-carts of its products, the sessions those with one of them, the users those
+-- sessions' visitors. Sessions count on the day they started. Hourly rollups are UTC hours: a day
+-- in a zone whose offset is not whole hours is cut at the hour. Distinct users over a range come
+-- from rollup_visitors_daily: the users of days a..b whose previous day there is before a.
 
 -- name: data_bounds
 -- The first and last day with data: the default range is the last 7 days of data.
@@ -27,8 +31,8 @@ FROM tz;
 -- name: filter_options
 -- Categories and brands that products were viewed or carted in.
 SELECT DISTINCT product_category AS category, product_brand AS brand
-FROM rollup_product_daily
-WHERE views + add_to_carts > 0
+FROM rollup_sessions_daily
+WHERE product_category <> '' AND product_brand <> ''
 ORDER BY category, brand;
 
 -- name: warehouse_events
@@ -45,36 +49,43 @@ WITH tz AS (
     SELECT coalesce(
         (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC') AS zone
 ), periods AS (
-    SELECT 'current' AS period,
-           CAST(?date_from AS date)::timestamp AT TIME ZONE zone AS period_start,
-           (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE zone AS period_end
-    FROM tz
+    SELECT 'current' AS period, CAST(?date_from AS date) AS first_day,
+           CAST(?date_to AS date) AS last_day
     UNION ALL
     SELECT 'previous',
-           (CAST(?date_from AS date) - (CAST(?date_to AS date) - CAST(?date_from AS date) + 1))
-               ::timestamp AT TIME ZONE zone,
-           CAST(?date_from AS date)::timestamp AT TIME ZONE zone
-    FROM tz
+           CAST(?date_from AS date) - (CAST(?date_to AS date) - CAST(?date_from AS date) + 1),
+           CAST(?date_from AS date) - 1
 )
 SELECT p.period,
-       p.period_start,
-       p.period_end,
-       (SELECT coalesce(sum(r.events), 0) FROM rollup_activity_hourly AS r
-        WHERE r.hour_start >= p.period_start AND r.hour_start < p.period_end) AS events,
+       p.first_day::timestamp AT TIME ZONE tz.zone AS period_start,
+       (p.last_day + 1)::timestamp AT TIME ZONE tz.zone AS period_end,
+       (SELECT coalesce(sum(r.events), 0) FROM rollup_events_hourly AS r
+        WHERE r.product_category = ?category AND r.product_brand = ?brand
+          AND r.hour_start >= p.first_day::timestamp AT TIME ZONE tz.zone
+          AND r.hour_start < (p.last_day + 1)::timestamp AT TIME ZONE tz.zone) AS events,
        s.sessions,
-       s.clients,
-       s.logged_in_users,
+       v.clients,
+       v.logged_in_users,
        s.converted_sessions,
        s.converted_sessions::double precision / nullif(s.sessions, 0) AS conversion_rate
 FROM periods AS p
+CROSS JOIN tz
 CROSS JOIN LATERAL (
-    SELECT count(*) AS sessions,
-           count(DISTINCT client_id) AS clients,
-           count(DISTINCT user_id) AS logged_in_users,
-           count(*) FILTER (WHERE converted) AS converted_sessions
-    FROM sessions
-    WHERE session_start >= p.period_start AND session_start < p.period_end
+    SELECT coalesce(sum(r.sessions), 0) AS sessions,
+           coalesce(sum(r.converted_sessions), 0) AS converted_sessions
+    FROM rollup_sessions_daily AS r
+    WHERE r.product_category = ?category AND r.product_brand = ?brand
+      AND r.day BETWEEN p.first_day AND p.last_day
 ) AS s
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(r.visitors) FILTER (WHERE r.visitor_kind = 'client'), 0) AS clients,
+           coalesce(sum(r.visitors) FILTER (WHERE r.visitor_kind = 'user'), 0) AS logged_in_users
+    FROM rollup_visitors_daily AS r
+    WHERE r.visitor_kind IN ('client', 'user')
+      AND r.product_category = ?category AND r.product_brand = ?brand
+      AND r.day BETWEEN p.first_day AND p.last_day
+      AND r.step = 0 AND r.previous_day < p.first_day
+) AS v
 ORDER BY p.period;
 
 -- name: overview_daily
@@ -82,21 +93,18 @@ ORDER BY p.period;
 WITH tz AS (
     SELECT coalesce(
         (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC') AS zone
-), bounds AS (
-    SELECT zone,
-           CAST(?date_from AS date)::timestamp AT TIME ZONE zone AS range_start,
-           (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE zone AS range_end
-    FROM tz
 ), events AS (
-    SELECT (r.hour_start AT TIME ZONE b.zone)::date AS day, sum(r.events) AS events
-    FROM rollup_activity_hourly AS r, bounds AS b
-    WHERE r.hour_start >= b.range_start AND r.hour_start < b.range_end
+    SELECT (r.hour_start AT TIME ZONE tz.zone)::date AS day, sum(r.events) AS events
+    FROM rollup_events_hourly AS r, tz
+    WHERE r.product_category = ?category AND r.product_brand = ?brand
+      AND r.hour_start >= CAST(?date_from AS date)::timestamp AT TIME ZONE tz.zone
+      AND r.hour_start < (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE tz.zone
     GROUP BY 1
 ), started AS (
-    SELECT (s.session_start AT TIME ZONE b.zone)::date AS day, count(*) AS sessions
-    FROM sessions AS s, bounds AS b
-    WHERE s.session_start >= b.range_start AND s.session_start < b.range_end
-    GROUP BY 1
+    SELECT day, sessions
+    FROM rollup_sessions_daily
+    WHERE product_category = ?category AND product_brand = ?brand
+      AND day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
 )
 SELECT day, coalesce(e.events, 0) AS events, coalesce(s.sessions, 0) AS sessions
 FROM events AS e FULL JOIN started AS s USING (day)
@@ -105,36 +113,41 @@ ORDER BY day;
 -- name: funnel_daily
 -- Sessions that viewed a product (of the chosen category and brand), then also added one to the
 -- cart, then also started checkout, then also completed it; by the day the session started.
-WITH tz AS (
-    SELECT coalesce(
-        (SELECT value FROM warehouse_settings WHERE name = 'reporting_time_zone'), 'UTC') AS zone
-), bounds AS (
-    SELECT zone,
-           CAST(?date_from AS date)::timestamp AT TIME ZONE zone AS range_start,
-           (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE zone AS range_end
-    FROM tz
-), chosen AS (
-    SELECT (s.session_start AT TIME ZONE b.zone)::date AS day,
-           bool_or(p.viewed) AS viewed,
-           bool_or(p.carted) AS carted,
-           s.checkout_starts > 0 AS checkout_started,
-           s.converted
-    FROM bounds AS b
-    JOIN sessions AS s ON s.session_start >= b.range_start AND s.session_start < b.range_end
-    JOIN session_products AS p ON p.session_id = s.session_id
-    WHERE (?category = '' OR p.product_category = ?category)
-      AND (?brand = '' OR p.product_brand = ?brand)
-    GROUP BY s.session_id, 1, s.checkout_starts, s.converted
-)
 SELECT day,
-       count(*) FILTER (WHERE viewed) AS product_view_sessions,
-       count(*) FILTER (WHERE viewed AND carted) AS add_to_cart_sessions,
-       count(*) FILTER (WHERE viewed AND carted AND checkout_started) AS checkout_sessions,
-       count(*) FILTER (WHERE viewed AND carted AND checkout_started AND converted)
-           AS purchase_sessions
-FROM chosen
+       product_view_sessions,
+       add_to_cart_sessions,
+       checkout_sessions,
+       purchase_sessions
+FROM rollup_sessions_daily
+WHERE product_category = ?category AND product_brand = ?brand
+  AND day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+ORDER BY day;
+
+-- name: funnel_visitors_daily
+-- The same steps counted in users (?visitor_kind): per day, the users with a session started
+-- that day that got that far.
+SELECT day,
+       sum(visitors) FILTER (WHERE step = 1) AS product_view_users,
+       coalesce(sum(visitors) FILTER (WHERE step = 2), 0) AS add_to_cart_users,
+       coalesce(sum(visitors) FILTER (WHERE step = 3), 0) AS checkout_users,
+       coalesce(sum(visitors) FILTER (WHERE step = 4), 0) AS purchase_users
+FROM rollup_visitors_daily
+WHERE visitor_kind = ?visitor_kind AND product_category = ?category AND product_brand = ?brand
+  AND day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+  AND step >= 1
 GROUP BY day
 ORDER BY day;
+
+-- name: funnel_visitors_total
+-- The users of the whole range at each step: each counted once, however many days they came.
+SELECT coalesce(sum(visitors) FILTER (WHERE step = 1), 0) AS product_view_users,
+       coalesce(sum(visitors) FILTER (WHERE step = 2), 0) AS add_to_cart_users,
+       coalesce(sum(visitors) FILTER (WHERE step = 3), 0) AS checkout_users,
+       coalesce(sum(visitors) FILTER (WHERE step = 4), 0) AS purchase_users
+FROM rollup_visitors_daily
+WHERE visitor_kind = ?visitor_kind AND product_category = ?category AND product_brand = ?brand
+  AND day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+  AND step >= 1 AND previous_day < CAST(?date_from AS date);
 
 -- name: products_top
 -- The 20 most viewed products of the range; conversion is add-to-carts per view.
@@ -181,8 +194,9 @@ SELECT extract(isodow FROM local_hour)::integer AS weekday,
        sum(events) AS events
 FROM (
     SELECT r.hour_start AT TIME ZONE tz.zone AS local_hour, r.events
-    FROM rollup_activity_hourly AS r, tz
-    WHERE r.hour_start >= CAST(?date_from AS date)::timestamp AT TIME ZONE tz.zone
+    FROM rollup_events_hourly AS r, tz
+    WHERE r.product_category = ?category AND r.product_brand = ?brand
+      AND r.hour_start >= CAST(?date_from AS date)::timestamp AT TIME ZONE tz.zone
       AND r.hour_start < (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE tz.zone
 ) AS local_activity
 GROUP BY 1, 2
@@ -196,8 +210,9 @@ WITH tz AS (
 ), hours AS (
     SELECT extract(hour FROM r.hour_start AT TIME ZONE tz.zone)::integer AS hour,
            sum(r.events) AS events
-    FROM rollup_activity_hourly AS r, tz
-    WHERE r.hour_start >= CAST(?date_from AS date)::timestamp AT TIME ZONE tz.zone
+    FROM rollup_events_hourly AS r, tz
+    WHERE r.product_category = ?category AND r.product_brand = ?brand
+      AND r.hour_start >= CAST(?date_from AS date)::timestamp AT TIME ZONE tz.zone
       AND r.hour_start < (CAST(?date_to AS date) + 1)::timestamp AT TIME ZONE tz.zone
     GROUP BY 1
 )

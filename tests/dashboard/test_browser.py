@@ -203,7 +203,9 @@ def test_the_overview_shows_the_numbers_of_the_default_range(dashboard, browser,
     try:
         [bounds] = named_queries.run(connection, queries["data_bounds"], {})
         [current, _] = named_queries.run(
-            connection, queries["overview_kpis"], {"date_from": dates[0], "date_to": dates[1]}
+            connection,
+            queries["overview_kpis"],
+            {"date_from": dates[0], "date_to": dates[1], "category": "", "brand": ""},
         )
     finally:
         connection.close()
@@ -224,20 +226,68 @@ def test_a_table_downloads_as_csv(dashboard, browser):
     assert len(lines) == 1 + state["tables"][0]
 
 
-def test_a_category_filter_changes_the_funnel_and_products(dashboard, browser):
+def choose(browser, input_id: str, value: str) -> None:
+    browser.execute_script(
+        "document.getElementById(arguments[0]).selectize.setValue(arguments[1]);", input_id, value
+    )
+
+
+def wait_for_change(browser, before: str) -> dict:
+    """The active page once what it shows differs from ``before`` (or 20 s have passed)."""
+    state = wait_for_page(browser)
+    deadline = time.monotonic() + 20
+    while state["text"] == before and time.monotonic() < deadline:
+        time.sleep(0.3)
+        state = wait_for_page(browser)
+    return state
+
+
+FILTERED_PAGES = ("overview", "funnel", "products", "activity")
+
+
+def test_the_category_filter_applies_to_every_page_that_can_take_it(dashboard, browser):
     load(browser, dashboard)
-    before = {page: open_page(browser, PAGES[page])["text"] for page in ("funnel", "products")}
-    browser.execute_script("document.getElementById('category').selectize.setValue('monitor');")
-    for page in ("funnel", "products"):
-        state = open_page(browser, PAGES[page])
-        deadline = time.monotonic() + 20
-        while state["text"] == before[page] and time.monotonic() < deadline:
-            time.sleep(0.3)
-            state = wait_for_page(browser)
+    before = {page: open_page(browser, PAGES[page])["text"] for page in PAGES}
+    choose(browser, "category", "monitor")
+    for page in FILTERED_PAGES:
+        open_page(browser, PAGES[page])
+        state = wait_for_change(browser, before[page])
         assert state["text"] != before[page], page
-        assert state["errors"] == []
-    assert "laptop" not in state["text"]
-    assert "monitor" in state["text"]
+        assert state["errors"] == [], page
+        assert "laptop" not in state["text"], page
+        screenshot(browser, f"{page}-monitor")
+    assert "category monitor" in open_page(browser, "Overview")["text"]
+    for page in set(PAGES) - set(FILTERED_PAGES):
+        state = open_page(browser, PAGES[page])
+        assert "filters do not apply to this page" in state["text"], page
+
+
+def test_the_funnel_counts_users_once_over_the_range(dashboard, browser, shop_data):
+    from selenium.webdriver.common.by import By
+
+    load(browser, dashboard)
+    before = open_page(browser, "Funnel")["text"]
+    browser.find_element(By.CSS_SELECTOR, "input[name='funnel-unit'][value='client']").click()
+    state = wait_for_change(browser, before)
+    assert state["errors"] == []
+    dates = browser.execute_script(
+        "return [...document.querySelectorAll('#dates input')].map(i => i.value);"
+    )
+    connection = shop_data.warehouse.reader_connection()
+    try:
+        [total] = named_queries.run(
+            connection,
+            named_queries.load()["funnel_visitors_total"],
+            {"date_from": dates[0], "date_to": dates[1], "category": "", "brand": "",
+             "visitor_kind": "client"},
+        )  # fmt: skip
+    finally:
+        connection.close()
+    steps = browser.find_element(By.ID, "funnel-steps").text
+    assert "users" in steps.splitlines()[0]
+    assert f"Product view {total['product_view_users']:,} 100.0%" in steps
+    assert f"Purchase {total['purchase_users']:,}" in steps
+    screenshot(browser, "funnel-users")
 
 
 def test_an_unreachable_warehouse_is_said_clearly(browser, tmp_path):

@@ -19,6 +19,8 @@ from tests.dashboard import named_queries
 QUERIES = named_queries.load()
 RANGE = {"date_from": "2025-12-08", "date_to": "2025-12-14"}
 FILTERS = [("", ""), ("laptop", ""), ("", "Logitech"), ("monitor", "Dell")]
+PRODUCT_EVENTS = ("product_view", "add_to_cart_click")
+VISITOR_KINDS = {"client": "clientId", "user": "userId"}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,49 @@ class Expected:
     def start_day(self, session: list[dict]) -> date:
         return min(self.local(e) for e in session).date()
 
+    @staticmethod
+    def in_scope(event: dict, category: str, brand: str) -> bool:
+        """A product view or add-to-cart of the category and brand ('' for any)."""
+        product = event["product"]
+        return (
+            event["eventName"] in PRODUCT_EVENTS
+            and bool(product)
+            and category in ("", product["category"])
+            and brand in ("", product["brand"])
+        )
+
+    def scope_events(self, first: date, last: date, category: str, brand: str) -> list[dict]:
+        """Every event for no filter; with one, the product views and add-to-carts of it."""
+        events = self.events_in(first, last)
+        if not category and not brand:
+            return events
+        return [e for e in events if self.in_scope(e, category, brand)]
+
+    def scope_sessions(self, first: date, last: date, category: str, brand: str) -> list:
+        """Every session started in the range, or with a filter those with an event of it."""
+        return [
+            s for s in self.sessions_in(first, last)
+            if (not category and not brand) or any(self.in_scope(e, category, brand) for e in s)
+        ]  # fmt: skip
+
+    def steps(self, session: list[dict], category: str, brand: str) -> list[bool]:
+        """Viewed a product of the scope, also carted one, also checked out, also purchased."""
+        chosen = [e for e in session if self.in_scope(e, category, brand)]
+        names = {e["eventName"] for e in session}
+        reached = [
+            any(e["eventName"] == "product_view" for e in chosen),
+            any(e["eventName"] == "add_to_cart_click" for e in chosen),
+            "checkout_start" in names,
+            "checkout_complete" in names,
+        ]
+        return [all(reached[: index + 1]) for index in range(4)]
+
+    @staticmethod
+    def visitor(session: list[dict], kind: str):
+        """The session's client id, or its logged-in user's id (None when it has none)."""
+        ids = {e[VISITOR_KINDS[kind]] for e in session} - {None}
+        return max(ids) if ids else None
+
 
 def days(parameters: dict) -> tuple[date, date]:
     return date.fromisoformat(parameters["date_from"]), date.fromisoformat(parameters["date_to"])
@@ -63,8 +108,9 @@ def days(parameters: dict) -> tuple[date, date]:
 def test_every_query_of_the_file_is_tested():
     tested = {
         "data_bounds", "filter_options", "warehouse_events", "overview_kpis", "overview_daily",
-        "funnel_daily", "products_top", "products_by_category_brand", "activity_heatmap",
-        "activity_busiest_hours", "journey_pages", "journey_next_pages", "journey_entry_pages",
+        "funnel_daily", "funnel_visitors_daily", "funnel_visitors_total", "products_top",
+        "products_by_category_brand", "activity_heatmap", "activity_busiest_hours",
+        "journey_pages", "journey_next_pages", "journey_entry_pages",
         "journey_exit_pages", "quality_last_run", "quality_recent_runs",
         "quality_rejects_by_reason", "quality_freshness",
     }  # fmt: skip
@@ -92,12 +138,14 @@ def test_filter_options(reader, shop):
     assert [(r["category"], r["brand"]) for r in rows] == sorted(expected)
 
 
+@pytest.mark.parametrize(("category", "brand"), FILTERS)
 @pytest.mark.parametrize(
-    "parameters", [RANGE, {"date_from": "2025-12-01", "date_to": "2025-12-03"}]
+    "dates", [RANGE, {"date_from": "2025-12-01", "date_to": "2025-12-03"}], ids=["week", "start"]
 )
-def test_overview_kpis_of_the_range_and_the_previous_one(reader, shop, parameters):
-    first, last = days(parameters)
+def test_overview_kpis_of_the_range_and_the_previous_one(reader, shop, dates, category, brand):
+    first, last = days(dates)
     length = (last - first).days + 1
+    parameters = {**dates, "category": category, "brand": brand}
     rows = named_queries.run(reader, QUERIES["overview_kpis"], parameters)
     assert [r["period"] for r in rows] == ["current", "previous"]
     for row, (p_first, p_last) in zip(
@@ -105,23 +153,35 @@ def test_overview_kpis_of_the_range_and_the_previous_one(reader, shop, parameter
         [(first, last), (first - timedelta(days=length), first - timedelta(days=1))],
         strict=True,
     ):
-        sessions = shop.sessions_in(p_first, p_last)
+        sessions = shop.scope_sessions(p_first, p_last, category, brand)
         converted = sum(any(e["eventName"] == "checkout_complete" for e in s) for s in sessions)
-        assert row["events"] == len(shop.events_in(p_first, p_last))
+        assert row["events"] == len(shop.scope_events(p_first, p_last, category, brand))
         assert row["sessions"] == len(sessions)
-        assert row["clients"] == len({s[0]["clientId"] for s in sessions})
-        assert row["logged_in_users"] == len({e["userId"] for s in sessions for e in s} - {None})
+        assert row["clients"] == len({shop.visitor(s, "client") for s in sessions})
+        assert row["logged_in_users"] == len({shop.visitor(s, "user") for s in sessions} - {None})
         assert row["converted_sessions"] == converted
         if sessions:
             assert row["conversion_rate"] == pytest.approx(converted / len(sessions))
     assert rows[0]["sessions"] > 0
 
 
-def test_overview_daily(reader, shop):
+def test_the_test_data_has_users_who_come_back_on_other_days(shop):
+    """Else distinct users over a range could not be told from a sum of days."""
     first, last = days(RANGE)
-    events = Counter(shop.day(e) for e in shop.events_in(first, last))
-    sessions = Counter(shop.start_day(s) for s in shop.sessions_in(first, last))
-    rows = named_queries.run(reader, QUERIES["overview_daily"], RANGE)
+    per_day = defaultdict(set)
+    for session in shop.sessions_in(first, last):
+        per_day[shop.start_day(session)].add(shop.visitor(session, "client"))
+    assert sum(map(len, per_day.values())) > len(set().union(*per_day.values()))
+
+
+@pytest.mark.parametrize(("category", "brand"), FILTERS)
+def test_overview_daily(reader, shop, category, brand):
+    first, last = days(RANGE)
+    events = Counter(shop.day(e) for e in shop.scope_events(first, last, category, brand))
+    sessions = Counter(shop.start_day(s) for s in shop.scope_sessions(first, last, category, brand))
+    rows = named_queries.run(
+        reader, QUERIES["overview_daily"], {**RANGE, "category": category, "brand": brand}
+    )
     assert {r["day"]: (r["events"], r["sessions"]) for r in rows} == {
         day: (events[day], sessions[day]) for day in events | sessions
     }
@@ -132,22 +192,9 @@ def test_funnel_daily(reader, shop, category, brand):
     first, last = days(RANGE)
     expected = defaultdict(lambda: [0, 0, 0, 0])
     for session in shop.sessions_in(first, last):
-        chosen = [
-            e for e in session
-            if e["eventName"] in ("product_view", "add_to_cart_click") and e["product"]
-            and category in ("", e["product"]["category"]) and brand in ("", e["product"]["brand"])
-        ]  # fmt: skip
-        names = {e["eventName"] for e in session}
-        steps = [
-            any(e["eventName"] == "product_view" for e in chosen),
-            any(e["eventName"] == "add_to_cart_click" for e in chosen),
-            "checkout_start" in names,
-            "checkout_complete" in names,
-        ]
         counts = expected[shop.start_day(session)]
-        for index in range(4):
-            if all(steps[: index + 1]):
-                counts[index] += 1
+        for index, reached in enumerate(shop.steps(session, category, brand)):
+            counts[index] += reached
     expected = {day: tuple(counts) for day, counts in expected.items() if counts[0]}
     rows = named_queries.run(
         reader, QUERIES["funnel_daily"], {**RANGE, "category": category, "brand": brand}
@@ -159,6 +206,29 @@ def test_funnel_daily(reader, shop, category, brand):
     }  # fmt: skip
     assert got == expected
     assert sum(counts[1] for counts in got.values()) > 0
+
+
+@pytest.mark.parametrize("kind", VISITOR_KINDS)
+@pytest.mark.parametrize(("category", "brand"), FILTERS)
+def test_funnel_in_users_per_day_and_over_the_range(reader, shop, category, brand, kind):
+    first, last = days(RANGE)
+    per_day = defaultdict(lambda: [set(), set(), set(), set()])
+    for session in shop.sessions_in(first, last):
+        visitor = shop.visitor(session, kind)
+        for index, reached in enumerate(shop.steps(session, category, brand)):
+            if reached and visitor is not None:
+                per_day[shop.start_day(session)][index].add(visitor)
+    parameters = {**RANGE, "category": category, "brand": brand, "visitor_kind": kind}
+    columns = ["product_view_users", "add_to_cart_users", "checkout_users", "purchase_users"]
+    rows = named_queries.run(reader, QUERIES["funnel_visitors_daily"], parameters)
+    assert {r["day"]: tuple(r[c] for c in columns) for r in rows} == {
+        day: tuple(map(len, steps)) for day, steps in per_day.items() if steps[0]
+    }
+    [total] = named_queries.run(reader, QUERIES["funnel_visitors_total"], parameters)
+    assert tuple(total[c] for c in columns) == tuple(
+        len(set().union(*(steps[index] for steps in per_day.values()))) for index in range(4)
+    )
+    assert total["product_view_users"] > 0
 
 
 def product_counts(shop: Expected, category: str, brand: str, key) -> dict:
@@ -201,15 +271,17 @@ def test_products_by_category_brand(reader, shop, category, brand):
     assert [r["views"] for r in rows] == sorted((r["views"] for r in rows), reverse=True)
 
 
-def test_activity_heatmap_and_busiest_hours(reader, shop):
+@pytest.mark.parametrize(("category", "brand"), FILTERS)
+def test_activity_heatmap_and_busiest_hours(reader, shop, category, brand):
     first, last = days(RANGE)
-    events = shop.events_in(first, last)
+    parameters = {**RANGE, "category": category, "brand": brand}
+    events = shop.scope_events(first, last, category, brand)
     cells = Counter((shop.local(e).isoweekday(), shop.local(e).hour) for e in events)
-    rows = named_queries.run(reader, QUERIES["activity_heatmap"], RANGE)
+    rows = named_queries.run(reader, QUERIES["activity_heatmap"], parameters)
     assert {(r["weekday"], r["hour"]): r["events"] for r in rows} == dict(cells)
     hours = Counter(shop.local(e).hour for e in events)
     busiest = sorted(hours.items(), key=lambda item: (-item[1], item[0]))[:5]
-    rows = named_queries.run(reader, QUERIES["activity_busiest_hours"], RANGE)
+    rows = named_queries.run(reader, QUERIES["activity_busiest_hours"], parameters)
     assert [(r["hour"], r["events"]) for r in rows] == busiest
     assert rows[0]["share"] == pytest.approx(busiest[0][1] / len(events))
 

@@ -5,6 +5,15 @@ format_count <- function(x) format(round(as.numeric(x)), big.mark = ",", scienti
 count_breaks <- function(limits) unique(floor(pretty(limits)))
 format_share <- function(x) ifelse(is.na(x), "–", sprintf("%.1f%%", 100 * as.numeric(x)))
 
+# "category laptop, brand Dell" for the chosen filters (either may be "" for all).
+scope_label <- function(f) {
+  parts <- c(
+    if (nzchar(f$category)) paste("category", f$category),
+    if (nzchar(f$brand)) paste("brand", f$brand)
+  )
+  paste(parts, collapse = ", ")
+}
+
 # A titled DT table with a "Download CSV" button.
 table_panel <- function(ns, id, title, note = NULL) {
   div(

@@ -1,5 +1,5 @@
 # Activity: events by day of the week and hour of the day in the shop's time zone, and the
-# busiest hours.
+# busiest hours; with a category or brand, its product views and add-to-carts.
 
 weekday_names <- c("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -14,16 +14,22 @@ activity_ui <- function(id) {
 
 activity_server <- function(id, run, filters, time_zone) {
   moduleServer(id, function(input, output, session) {
-    dates <- reactive(filters()[c("date_from", "date_to")])
-    cells <- reactive(need_answer(run("activity_heatmap", dates()), "No events in the chosen range."))
+    parameters <- reactive(filters()[c("date_from", "date_to", "category", "brand")])
+    cells <- reactive(need_answer(run("activity_heatmap", parameters()), "No events for the chosen filters."))
     busiest <- reactive({
-      data <- need_answer(run("activity_busiest_hours", dates()), "No events in the chosen range.")
+      data <- need_answer(run("activity_busiest_hours", parameters()), "No events for the chosen filters.")
       data.frame(hour = sprintf("%02d:00–%02d:59", data$hour, data$hour), events = data$events, share = data$share)
     })
 
-    output$zone <- renderText(paste0(
-      "Hours in the shop's time zone (", time_zone(), "). Category and brand filters do not apply to this page."
-    ))
+    output$zone <- renderText({
+      f <- filters()
+      events <- if (nzchar(f$category) || nzchar(f$brand)) {
+        paste0("Product views and add-to-carts of ", scope_label(f))
+      } else {
+        "Every event"
+      }
+      paste0(events, ", by hour in the shop's time zone (", time_zone(), ").")
+    })
 
     output$heatmap <- renderPlot({
       data <- cells()

@@ -1,10 +1,11 @@
 # Overview: events, sessions, users, conversion, each against the previous period of the same
-# length; events and sessions per day.
+# length; events and sessions per day. With a category or brand: its product views and
+# add-to-carts, the sessions with one of them, and those sessions' users.
 
 overview_ui <- function(id) {
   ns <- NS(id)
   tagList(
-    p(class = "page-note", "Sessions count on the day they started. Category and brand filters do not apply to this page."),
+    p(class = "page-note", textOutput(ns("scope"), inline = TRUE)),
     uiOutput(ns("figures")),
     plotOutput(ns("daily_plot"), height = "360px"),
     table_panel(ns, "daily", "Per day")
@@ -13,13 +14,20 @@ overview_ui <- function(id) {
 
 overview_server <- function(id, run, filters) {
   moduleServer(id, function(input, output, session) {
-    kpis <- reactive({
+    parameters <- reactive(filters()[c("date_from", "date_to", "category", "brand")])
+    kpis <- reactive(need_answer(run("overview_kpis", parameters())))
+    daily <- reactive(need_answer(run("overview_daily", parameters()), "No events for the chosen filters."))
+
+    output$scope <- renderText({
       f <- filters()
-      need_answer(run("overview_kpis", f[c("date_from", "date_to")]))
-    })
-    daily <- reactive({
-      f <- filters()
-      need_answer(run("overview_daily", f[c("date_from", "date_to")]), "No events in the chosen range.")
+      if (!nzchar(f$category) && !nzchar(f$brand)) {
+        "Every event and session; sessions count on the day they started."
+      } else {
+        paste0(
+          "Only ", scope_label(f), ": events are its product views and add-to-carts, sessions ",
+          "those with one of them (counted on the day they started), users those sessions' users."
+        )
+      }
     })
 
     output$figures <- renderUI({

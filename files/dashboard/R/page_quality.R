@@ -3,7 +3,7 @@
 quality_ui <- function(id) {
   ns <- NS(id)
   tagList(
-    p(class = "page-note", "Over all loads: the date and product filters do not apply to this page."),
+    p(class = "page-note", "Over all loads: the date, category and brand filters do not apply to this page."),
     uiOutput(ns("figures")),
     plotOutput(ns("rejects_plot"), height = "260px"),
     table_panel(ns, "rejects", "Rejected rows by reason", "Times in UTC."),
