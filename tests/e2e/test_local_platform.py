@@ -30,6 +30,7 @@ import pytest
 from tests.fixtures.browser import chromium_installed, headless_chromium
 from tests.fixtures.processes import port_answers, wait_until
 from tools.local_platform import cli
+from tools.molecule_nspawn import MACHINES_DIRECTORY
 from tools.synthetic_shop import live_events
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -93,6 +94,11 @@ def platform_processes(settings: cli.Settings) -> list[str]:
     return found
 
 
+def leftover_instances(settings: cli.Settings) -> list[str]:
+    """The DWH instances whose directory (root file system, console log) is on disk."""
+    return [host for host in settings.dwh_hosts if (MACHINES_DIRECTORY / host).exists()]
+
+
 @pytest.fixture(scope="module")
 def settings() -> cli.Settings:
     return cli.read_settings()
@@ -102,11 +108,17 @@ def settings() -> cli.Settings:
 def platform(settings):
     """`make up` from nothing; `make down` at the end whatever happened."""
     already = listening(settings) + platform_processes(settings)
-    if already or settings.state_dir.exists():
+    if already:
+        # Somebody's platform (or another program) is live: the test does not tear it down.
         pytest.fail(
             "a local platform is already up on this machine (or something holds its ports: "
             f"{already}); run `make down` first"
         )
+    if settings.state_dir.exists() or leftover_instances(settings):
+        # Files of a platform whose processes were killed (a machine stopped under `make up`):
+        # `make down` clears them, so that `make up` below starts from nothing.
+        result, _ = make("down", "down-leftovers")
+        assert result.returncode == 0, result.stdout + result.stderr
     result, seconds = make("up", "up-first")
     try:
         assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
@@ -335,7 +347,4 @@ def test_make_down_leaves_no_process_container_or_listener(platform, settings):
     assert platform_processes(settings) == []
     assert listening(settings) == []
     assert not settings.state_dir.exists()
-    instances = Path(
-        os.environ.get("CLICKSTREAM_MOLECULE_MACHINES", "/var/lib/clickstream-molecule")
-    )
-    assert [host for host in settings.dwh_hosts if (instances / host).exists()] == []
+    assert leftover_instances(settings) == []
