@@ -345,6 +345,13 @@ def test_dwh_instance_profile_has_ssm_core_and_the_transfer_bucket_only(aws):
     assert statement["Resource"] == f"arn:aws:s3:::{SSM_TRANSFER_BUCKET}/*"
 
 
+def test_only_the_dwh_host_has_an_instance_profile(aws):
+    # A profile for a Lambda role would let nothing in (its trust names lambda.amazonaws.com),
+    # but it is one more thing in the account to audit.
+    profiles = aws.client("iam").list_instance_profiles()["InstanceProfiles"]
+    assert [profile["InstanceProfileName"] for profile in profiles] == ["clickstream-dwh-instance"]
+
+
 def test_warehouse_passwords_are_secure_string_parameters(aws):
     parameters = aws.client("ssm").describe_parameters()["Parameters"]
     assert {p["Name"]: p["Type"] for p in parameters} == dict.fromkeys(
