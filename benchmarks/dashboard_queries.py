@@ -227,6 +227,20 @@ FROM hours ORDER BY events DESC, hour LIMIT 5""",
     FROM scope_events GROUP BY 1
 )""",
     ),
+    "journey_paths": f"""
+WITH {_BOUNDS}, {_RAW_SESSIONS}, paths AS (
+    SELECT journey_path(array_agg(e.event_name ORDER BY e.event_timestamp, e.event_id)) AS path,
+           bool_or(s.converted) AS converted
+    FROM raw_sessions AS s
+    JOIN clickstream_events AS e ON e.session_id = s.session_id, bounds AS b
+    WHERE e.event_timestamp >= b.range_start AND e.event_timestamp < b.range_end + interval '1 day'
+    GROUP BY s.session_id
+)
+SELECT path, count(*) AS sessions,
+       count(*)::double precision / sum(count(*)) OVER () AS share,
+       count(*) FILTER (WHERE converted) AS converted_sessions,
+       (count(*) FILTER (WHERE converted))::double precision / count(*) AS conversion
+FROM paths GROUP BY path ORDER BY sessions DESC, path LIMIT 20""",
     "journey_pages": f"""
 WITH {_RAW_MOVES}
 SELECT from_page AS page, count(*) AS moves FROM moves WHERE from_page <> '(entry)'

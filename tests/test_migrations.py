@@ -158,3 +158,40 @@ def test_the_command_line_reports_pending_in_check_mode_then_applies_once(postgr
     assert run_cli(postgres, empty_database) == (0, {"applied": labels, "pending": []})
     assert run_cli(postgres, empty_database) == (0, {"applied": [], "pending": []})
     assert run_cli(postgres, empty_database, "--check") == (0, {"applied": [], "pending": []})
+
+
+def test_the_journey_paths_migration_fills_them_for_what_was_loaded_before_it(
+    postgres, empty_database
+):
+    every = migrations.discover()
+    journeys = next(m for m in every if m.name == "journey_paths")
+    connection = postgres.connect(empty_database)
+    try:
+        migrations.apply_migrations(connection, [m for m in every if m.version < journeys.version])
+        with connection.cursor() as cursor:
+            for session, start, names in (
+                ("bought", "2025-12-01 10:00+00", "page_view home_view page_view product_view "
+                 "add_to_cart_click page_view checkout_start checkout_complete"),
+                ("browsed", "2025-12-02 23:50+00", "page_view category_view page_view"),
+            ):  # fmt: skip
+                for offset, name in enumerate(names.split()):
+                    cursor.execute(
+                        "INSERT INTO clickstream_events (event_id, event_timestamp, event_name, "
+                        "received_at, session_id, page_url) VALUES (gen_random_uuid(), "
+                        "%s::timestamptz + %s * interval '1 minute', %s, now(), %s, '/')",
+                        (start, offset, name, session),
+                    )
+            cursor.execute("SELECT mark_range_dirty('-infinity', 'infinity')")
+            cursor.execute("SELECT refresh_dirty_aggregates()")
+        assert migrations.apply_migrations(connection, every) == [journeys]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT session_id, path FROM session_journeys ORDER BY 1")
+            paths = cursor.fetchall()
+            cursor.execute("SELECT day::text, path, sessions, converted_sessions "
+                           "FROM rollup_journey_paths_daily ORDER BY 1")  # fmt: skip
+            rollup = cursor.fetchall()
+    finally:
+        connection.close()
+    bought = "home_view → product_view → add_to_cart_click → checkout_start → checkout_complete"
+    assert paths == [("bought", bought), ("browsed", "category_view")]
+    assert rollup == [("2025-12-01", bought, 1, 1), ("2025-12-02", "category_view", 1, 0)]

@@ -267,6 +267,21 @@ GROUP BY from_page
 ORDER BY sessions DESC, page
 LIMIT 15;
 
+-- name: journey_paths
+-- The most common paths of sessions started in the range (migration 0008: events in order by
+-- name, without page_view and click, repeats kept once, 8 steps at most), with how many of their
+-- sessions completed a checkout.
+SELECT path,
+       sum(sessions) AS sessions,
+       sum(sessions)::double precision / sum(sum(sessions)) OVER () AS share,
+       sum(converted_sessions) AS converted_sessions,
+       sum(converted_sessions)::double precision / sum(sessions) AS conversion
+FROM rollup_journey_paths_daily
+WHERE day BETWEEN CAST(?date_from AS date) AND CAST(?date_to AS date)
+GROUP BY path
+ORDER BY sessions DESC, path
+LIMIT 20;
+
 -- name: quality_last_run
 -- The newest ETL run.
 SELECT run_id, trigger, status, started_at, finished_at, objects, events_loaded,

@@ -110,7 +110,7 @@ def test_every_query_of_the_file_is_tested():
         "data_bounds", "filter_options", "warehouse_events", "overview_kpis", "overview_daily",
         "funnel_daily", "funnel_visitors_daily", "funnel_visitors_total", "products_top",
         "products_by_category_brand", "activity_heatmap", "activity_busiest_hours",
-        "journey_pages", "journey_next_pages", "journey_entry_pages",
+        "journey_paths", "journey_pages", "journey_next_pages", "journey_entry_pages",
         "journey_exit_pages", "quality_last_run", "quality_recent_runs",
         "quality_rejects_by_reason", "quality_freshness",
     }  # fmt: skip
@@ -326,6 +326,65 @@ def test_journeys(reader, shop):
     exits = Counter({source: n for (source, target), n in moves.items() if target == "(exit)"})
     got = named_queries.run(reader, QUERIES["journey_exit_pages"], RANGE)
     assert [(r["page"], r["sessions"]) for r in got] == top(exits)
+
+
+def journey_path(session: list[dict]) -> str:
+    """The session's path as migration 0008 defines it, computed here from its events."""
+    steps: list[str] = []
+    in_order = sorted(
+        session,
+        key=lambda e: (datetime.fromisoformat(e["eventTimestamp"]), e["eventId"].lower()),
+    )
+    for event in in_order:
+        name = event["eventName"]
+        if name not in ("page_view", "click") and (not steps or steps[-1] != name):
+            steps.append(name)
+    if not steps:
+        return "(page views only)"
+    return " → ".join(steps[:8]) + (" → …" if len(steps) > 8 else "")
+
+
+@pytest.mark.parametrize(
+    ("event_names", "path"),
+    [
+        ([], "(page views only)"),
+        (["page_view", "click", "page_view"], "(page views only)"),
+        (
+            ["page_view", "home_view", "page_view", "product_view", "page_view", "product_view",
+             "add_to_cart_click"],
+            "home_view → product_view → add_to_cart_click",
+        ),
+        (
+            ["category_view", "product_view"] * 4 + ["add_to_cart_click"],
+            " → ".join(["category_view", "product_view"] * 4) + " → …",
+        ),
+        (["category_view", "product_view"] * 4, " → ".join(["category_view", "product_view"] * 4)),
+    ],
+    ids=["no events", "only page views and clicks", "repeats kept once", "cut after 8", "8 steps"],
+)  # fmt: skip
+def test_the_journey_path_of_event_names(reader, event_names, path):
+    with reader.cursor() as cursor:
+        cursor.execute("SELECT journey_path(%s::text[])", (event_names,))
+        assert cursor.fetchone()[0] == path
+
+
+def test_journey_paths(reader, shop):
+    sessions, converted = Counter(), Counter()
+    for session in shop.sessions_in(*days(RANGE)):
+        path = journey_path(session)
+        sessions[path] += 1
+        converted[path] += any(e["eventName"] == "checkout_complete" for e in session)
+    expected = sorted(sessions.items(), key=lambda item: (-item[1], item[0]))[:20]
+    rows = named_queries.run(reader, QUERIES["journey_paths"], RANGE)
+    assert [(r["path"], r["sessions"]) for r in rows] == expected
+    assert [r["converted_sessions"] for r in rows] == [converted[path] for path, _ in expected]
+    total = sum(sessions.values())
+    for row in rows:
+        assert row["share"] == pytest.approx(row["sessions"] / total)
+        assert row["conversion"] == pytest.approx(row["converted_sessions"] / row["sessions"])
+    # The shop's data holds paths long enough to be cut (test_the_journey_path_of_event_names
+    # has the other shapes).
+    assert any(path.endswith(" → …") for path in sessions)
 
 
 def test_data_quality(reader, shop):

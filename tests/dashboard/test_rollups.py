@@ -21,6 +21,8 @@ SNAPSHOT = {
     "product_views, add_to_carts, checkout_starts, converted, page_paths FROM sessions ORDER BY 1",
     "session_products": "SELECT * FROM session_products ORDER BY 1, 2, 3",
     "rollup_page_transitions_daily": "SELECT * FROM rollup_page_transitions_daily ORDER BY 1, 2, 3",
+    "session_journeys": "SELECT * FROM session_journeys ORDER BY 1",
+    "rollup_journey_paths_daily": "SELECT * FROM rollup_journey_paths_daily ORDER BY 1, 2",
     "rollup_activity_hourly": "SELECT * FROM rollup_activity_hourly ORDER BY 1",
     "rollup_funnel_daily": "SELECT * FROM rollup_funnel_daily ORDER BY 1",
     "rollup_product_daily": "SELECT * FROM rollup_product_daily ORDER BY 1, 2",
