@@ -14,7 +14,7 @@ import secrets
 
 import pytest
 
-from tests.fixtures.ansible import REPO_ROOT, run_playbook_verbosely
+from tests.fixtures.ansible import run_playbook_verbosely
 
 PLAYBOOK = """\
 - name: The dwh_schema role's checks of its variables
@@ -50,7 +50,7 @@ def run_checks(tmp_path, etl_password: str, reader_password: str):
         playbook,
         "-e",
         f"@{variables}",
-        environment={"ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles")},
+        environment={},
         temp_dir=tmp_path,
         timeout_seconds=120,
     )
