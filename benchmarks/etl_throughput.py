@@ -125,8 +125,10 @@ def fresh_database(cluster: PostgresCluster, name: str):
     cluster.execute_autocommit(f"CREATE DATABASE {name}")
     connection = cluster.connect(name)
     migrations.apply_migrations(connection)
-    connection.autocommit = False
-    return connection
+    connection.close()
+    # A new session for the measurement: the ETL sets temp_buffers, which PostgreSQL allows only
+    # before a session's first temporary table, and the migrations used some.
+    return cluster.connect(name)
 
 
 def measure_copy(cluster: PostgresCluster, records: list[dict]) -> float:

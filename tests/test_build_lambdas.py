@@ -14,10 +14,12 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from clickstream.partitions import hour_prefix
 from tests.fixtures.aws import aws_environment
 from tools import build_lambdas
 from tools.build_lambdas import FUNCTIONS, BuildError, LambdaFunction, Target
@@ -149,13 +151,15 @@ response = handler.handler(json.loads(sys.argv[1]), None)
 print(json.dumps({"status": response["statusCode"], "contract": str(contract.CONTRACT_PATH),
                   "handler": handler.__file__, "fastjsonschema": fastjsonschema.__file__}))
 """
+    received_at = datetime.now(UTC)
     request = {
         "version": "2.0",
         "headers": {"content-type": "application/json"},
         "requestContext": {
             "http": {"method": "POST", "userAgent": "packaged-test"},
             "requestId": "req-packaged",
-            "timeEpoch": 1764584100123,
+            # The Lambda believes API Gateway's receive time only near its own clock.
+            "timeEpoch": int(received_at.timestamp() * 1000),
         },
         "body": json.dumps({"eventName": "page_view", "pageUrl": "https://shop.example.com/"}),
         "isBase64Encoded": False,
@@ -186,7 +190,7 @@ print(json.dumps({"status": response["statusCode"], "contract": str(contract.CON
     )
     listing = aws.client("s3").list_objects_v2(Bucket=raw_bucket)
     [stored] = listing["Contents"]
-    assert stored["Key"].startswith("events/2025/12/01/10/")
+    assert stored["Key"].startswith(hour_prefix(received_at))
 
 
 def test_the_source_files_of_a_function_are_its_handler_the_package_and_its_artefacts():

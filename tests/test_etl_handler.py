@@ -60,10 +60,17 @@ def test_the_run_logs_one_json_line_with_embedded_metrics(etl_environment, aws, 
     put_events(aws, raw_bucket, count=2)
     etl_handler.handler(WINDOW_EVENT, None)
     [line] = json_log_lines(capsys.readouterr().out)
-    assert line["message"] == "ETL run succeeded"
+    assert (line["message"], line["status"]) == ("ETL run finished", "succeeded")
     assert (line["EventsLoaded"], line["ObjectsLoaded"], line["RejectedLines"]) == (2, 1, 0)
     metric_names = {m["Name"] for m in line["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
-    assert {"EventsLoaded", "RejectedLines", "LagSeconds", "RunFailed"} <= metric_names
+    assert {
+        "EventsLoaded",
+        "RejectedLines",
+        "IsolatedLines",
+        "AbandonedRuns",
+        "LagSeconds",
+        "RunFailed",
+    } <= metric_names
 
 
 def test_the_password_can_come_from_an_ssm_securestring(

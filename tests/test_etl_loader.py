@@ -96,6 +96,15 @@ def test_every_field_of_a_raw_event_lands_in_its_column(warehouse, aws, raw_buck
         "page_url": "https://shop.example.com/products/dell-xps-13",
         "referrer": "https://shop.example.com/",
         "received_at": received,
+        "client_event_id": "6f1c7f8e-2f55-4c1e-9a1b-0d9b3c1e2a77",
+        "client_timestamp": datetime(2025, 12, 1, 10, 14, 59, 500000, tzinfo=UTC),
+        "client_sent_at": None,
+        "user_agent": "ua",
+        "element": None,
+        "order_id": None,
+        "cart_id": None,
+        "order_total": None,
+        "item_count": None,
     }
 
 
@@ -190,6 +199,12 @@ loader.run_scheduled(connection, boto3.client("s3"), "{raw_bucket}",
 
     assert (report.objects, report.events_loaded) == (1, 5)
     assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 5
+    # The killed run's record does not stay 'running' forever: the next run marks it.
+    assert report.abandoned_runs == 1
+    assert warehouse.query("SELECT status FROM etl_runs ORDER BY started_at") == [
+        ("abandoned",),
+        ("succeeded",),
+    ]
 
 
 def test_a_run_interrupted_between_objects_keeps_what_it_committed_and_the_next_completes(
@@ -461,3 +476,224 @@ def test_a_window_plan_counts_objects_and_loaded_ones_per_hour_and_changes_nothi
     assert [p.to_load for p in forced] == [2, 1, 0, 3]
     assert plan[3].hour == (HOUR_1 + timedelta(hours=3)).isoformat()
     assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 3
+
+
+# --- no input can stop the load ---------------------------------------------------------------
+
+# Texts that COPY's CSV reader would take for syntax if the encoding were not total: a lone
+# carriage return (the original outage), line feeds, the end-of-data marker alone on a line,
+# quotes, delimiters, backslashes and what text format would read as NULL.
+HOSTILE_TEXTS = ["a\rb", "a\nb", "a\r\nb", "\r", "\\.", "a\n\\.\nb", '"q,"', "x\\N", "\t;\x7f"]
+TRACKER_TEXT_FIELDS = ("pageUrl", "referrer", "clientId", "sessionId", "userId")
+PRODUCT_TEXT_FIELDS = ("id", "name", "category", "brand", "urlPath")
+
+
+def test_control_characters_in_every_text_column_load_exactly_and_block_nothing(
+    warehouse, aws, raw_bucket
+):
+    received = HOUR_1 + timedelta(minutes=1)
+    # The body of the bug report's curl, as the ingest stores it.
+    curl_event = {
+        "eventName": "page_view",
+        "pageUrl": "https://shop.example.vn/a\rb",
+        "clientId": "c1",
+        "sessionId": "s1",
+        "isFirstVisit": True,
+    }
+    hostile = [raw_record(curl_event, received)]
+    for text in HOSTILE_TEXTS:
+        event = tracker_event(**dict.fromkeys(TRACKER_TEXT_FIELDS, text))
+        event["product"] = {**dict.fromkeys(PRODUCT_TEXT_FIELDS, text), "price": 1}
+        event["element"] = {"text": text, "dataset": {text: text}}
+        hostile.append(raw_record(event, received))
+    s3 = aws.client("s3")
+    put_raw_object(s3, raw_bucket, hostile, received)
+    clean = events_in(received, 3, session="clean")
+    put_raw_object(s3, raw_bucket, clean, received)
+
+    report = scheduled(warehouse, aws, raw_bucket)
+    again = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.status, report.events_loaded, report.rejected_lines) == (
+        "succeeded",
+        len(hostile) + len(clean),
+        0,
+    )
+    assert again.status == "succeeded"
+    assert (
+        warehouse.scalar(
+            "SELECT page_url FROM clickstream_events WHERE event_id = %s", (hostile[0]["event_id"],)
+        )
+        == "https://shop.example.vn/a\rb"
+    )
+    for record, text in zip(hostile[1:], HOSTILE_TEXTS, strict=True):
+        stored = warehouse.query(
+            "SELECT page_url, referrer, client_id, session_id, user_id, context_product_id, "
+            "context_product_name, context_product_category, context_product_brand, "
+            "context_product_url_path, element FROM clickstream_events WHERE event_id = %s",
+            (record["event_id"],),
+        )[0]
+        assert stored[:-1] == (text,) * 10
+        assert stored[-1] == {"text": text, "dataset": {text: text}}
+
+
+def _admin_execute(warehouse, statement: str) -> None:
+    """As the database owner, outside the ETL's privileges (a constraint, a ledger row)."""
+    connection = warehouse.admin_connection()
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["load", "forced reload"])
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "ADD CONSTRAINT no_poison CHECK (page_url IS DISTINCT FROM 'poison')",
+        "ALTER COLUMN context_product_name TYPE varchar(12)",
+    ],
+    ids=["check violation", "data exception"],
+)
+def test_a_row_the_warehouse_refuses_is_isolated_into_rejects_and_its_neighbours_load(
+    warehouse, aws, raw_bucket, refusal, force
+):
+    _admin_execute(warehouse, f"ALTER TABLE clickstream_events {refusal}")
+    records = events_in(HOUR_1, 40)
+    refused = (
+        tracker_event(pageUrl="poison")
+        if "CHECK" in refusal
+        else tracker_event(product={"id": "p-1", "name": "a name longer than twelve"})
+    )
+    records[7], records[23] = raw_record(refused, HOUR_1), raw_record(refused, HOUR_1)
+    key = put_raw_object(aws.client("s3"), raw_bucket, records, HOUR_1)
+
+    if force:
+        report = window(warehouse, aws, raw_bucket, HOUR_1, HOUR_1, force=True)
+    else:
+        report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.status, report.events_loaded, report.rejected_lines) == ("succeeded", 38, 2)
+    assert report.isolated_lines == 2
+    rejects = warehouse.query(
+        "SELECT object_key, line_number, reason, raw_text FROM etl_rejects ORDER BY line_number"
+    )
+    assert [(r[0], r[1]) for r in rejects] == [(key, 8), (key, 24)]
+    assert all(r[2].startswith("refused by the warehouse (") for r in rejects), rejects
+    assert [json.loads(r[3])["event_id"] for r in rejects] == [
+        records[7]["event_id"],
+        records[23]["event_id"],
+    ]
+    assert warehouse.query("SELECT lines, rejected_lines FROM etl_loaded_objects") == [(40, 2)]
+    assert warehouse.query("SELECT isolated_lines FROM etl_runs") == [(2,)]
+
+
+def test_a_forced_reload_of_unchanged_data_rewrites_nothing_and_keeps_the_first_receive(
+    warehouse, aws, raw_bucket
+):
+    s3 = aws.client("s3")
+    retried = tracker_event(eventId=str(uuid.uuid4()))
+    first_copy = raw_record(retried, HOUR_1 + timedelta(minutes=5))
+    put_raw_object(s3, raw_bucket, [first_copy, *events_in(HOUR_1, 3)], HOUR_1)
+    scheduled(warehouse, aws, raw_bucket)
+    # The client retried: the same event again, received 20 minutes later, in another object.
+    second_copy = raw_record(retried, HOUR_1 + timedelta(minutes=25))
+    put_raw_object(s3, raw_bucket, [second_copy], HOUR_1 + timedelta(minutes=25))
+    scheduled(warehouse, aws, raw_bucket)
+    before = warehouse.query("SELECT * FROM clickstream_events ORDER BY event_id")
+
+    reloads = [window(warehouse, aws, raw_bucket, HOUR_1, HOUR_1, force=True) for _ in range(3)]
+
+    assert [(r.events_loaded, r.events_updated, r.duplicates_skipped) for r in reloads] == [
+        (0, 0, 5)
+    ] * 3
+    assert warehouse.query("SELECT * FROM clickstream_events ORDER BY event_id") == before
+    assert warehouse.scalar(
+        "SELECT received_at FROM clickstream_events WHERE event_id = %s",
+        (first_copy["event_id"],),
+    ) == HOUR_1 + timedelta(minutes=5)
+
+
+def test_a_forced_reload_that_moves_an_event_refreshes_the_hour_it_leaves(
+    warehouse, aws, raw_bucket
+):
+    put_raw_object(aws.client("s3"), raw_bucket, events_in(HOUR_1, 2), HOUR_1)
+    scheduled(warehouse, aws, raw_bucket)
+    later = HOUR_1 + timedelta(hours=3)
+    # Stand-in for a mapping fix: the stored event time is wrong, and the rollups follow it.
+    warehouse.query(
+        "UPDATE clickstream_events SET event_timestamp = event_timestamp + interval '3 hours' "
+        "RETURNING 1"
+    )
+    warehouse.query("SELECT mark_range_dirty(%s, %s)", (later, later + timedelta(hours=1)))
+    warehouse.query("SELECT * FROM refresh_dirty_aggregates()")
+    assert (
+        warehouse.scalar(
+            "SELECT coalesce(sum(events), 0) FROM rollup_activity_hourly WHERE hour_start = %s",
+            (later,),
+        )
+        == 2
+    )
+
+    report = window(warehouse, aws, raw_bucket, HOUR_1, HOUR_1, force=True)
+
+    assert report.events_updated == 2
+    assert (
+        warehouse.scalar(
+            "SELECT coalesce(sum(events), 0) FROM rollup_activity_hourly WHERE hour_start = %s",
+            (later,),
+        )
+        == 0
+    )
+    assert (
+        warehouse.scalar(
+            "SELECT coalesce(sum(events), 0) FROM rollup_activity_hourly WHERE hour_start = %s",
+            (HOUR_1,),
+        )
+        == 2
+    )
+
+
+def test_a_partition_from_the_future_cannot_stop_the_schedule(warehouse, aws, raw_bucket):
+    # A raw object once written under events/2099/... and loaded: the newest loaded partition.
+    _admin_execute(
+        warehouse,
+        "INSERT INTO etl_loaded_objects (object_key, partition_hour, size_bytes, lines, "
+        "rejected_lines, run_id) VALUES ('events/2099/01/01/00/events-x.json', "
+        "'2099-01-01T00:00Z', 1, 1, 0, gen_random_uuid())",
+    )
+    put_raw_object(aws.client("s3"), raw_bucket, events_in(HOUR_1, 4), HOUR_1)
+
+    report = scheduled(warehouse, aws, raw_bucket)
+
+    assert (report.status, report.events_loaded) == ("succeeded", 4)
+    assert report.hours_listed == loader.DEFAULT_LOOKBACK_HOURS + 1
+
+
+def test_a_window_that_ends_in_the_future_is_refused(warehouse, aws, raw_bucket):
+    next_hour = datetime.now(UTC) + timedelta(hours=1)
+    with pytest.raises(ValueError, match="ends in the future"):
+        window(warehouse, aws, raw_bucket, HOUR_1, next_hour)
+    connection = warehouse.etl_connection()
+    try:
+        with pytest.raises(ValueError, match="ends in the future"):
+            loader.plan_window(
+                connection, aws.client("s3"), raw_bucket, start=HOUR_1, end=next_hour
+            )
+    finally:
+        connection.close()
+
+
+def test_unparsable_order_facts_are_counted_in_the_run(warehouse, aws, raw_bucket):
+    checkout = tracker_event(
+        "checkout_complete", element={"dataset": {"orderId": "o-1", "total": "n/a"}}
+    )
+    put_raw_object(aws.client("s3"), raw_bucket, [raw_record(checkout, HOUR_1)], HOUR_1)
+    report = scheduled(warehouse, aws, raw_bucket)
+    assert (report.events_loaded, report.unparsable_values) == (1, {"order_total": 1})
+    assert warehouse.query("SELECT unparsable_values FROM etl_runs") == [({"order_total": 1},)]
+    assert warehouse.query("SELECT order_id, order_total FROM clickstream_events") == [
+        ("o-1", None)
+    ]

@@ -14,20 +14,21 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import boto3
 import jsonschema
+import orjson
 import pytest
 from botocore.config import Config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as count_example_as
 from hypothesis import strategies as st
 
-from clickstream import contract
+from clickstream import contract, mapping, raw_format
 from clickstream.partitions import hour_prefix
 from ingest import handler
 from tests.fixtures.aws import REGION, MotoServer, aws_environment
@@ -37,7 +38,11 @@ from tests.raw_events import tracker_event
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 RECEIVED_AT = datetime(2025, 12, 1, 10, 15, 0, 123000, tzinfo=UTC)
 RECEIVED_AT_EPOCH_MS = 1764584100123  # RECEIVED_AT as API Gateway's requestContext.timeEpoch
+# The Lambda's own clock in most tests: a little after API Gateway's, as in production.
+LAMBDA_CLOCK = RECEIVED_AT + timedelta(milliseconds=40)
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"
+# A documentation address (RFC 5737) that no other test value contains.
+CLIENT_IP = "203.0.113.187"
 
 # Property tests share one bucket across examples (function-scoped fixtures are not reset
 # between them), so they compare listings taken before and after each request.
@@ -57,6 +62,7 @@ def api_request(
     time_epoch_ms: int | None = RECEIVED_AT_EPOCH_MS,
     request_id: str | None = "req-1",
     user_agent: str | None = BROWSER,
+    source_ip: str = CLIENT_IP,
 ) -> dict[str, Any]:
     """An API Gateway HTTP API (payload format 2.0) request as Lambda receives it."""
     if base64_encoded is None:
@@ -69,7 +75,12 @@ def api_request(
     if user_agent is not None:
         headers["user-agent"] = user_agent
     request_context: dict[str, Any] = {
-        "http": {"method": method, "path": "/clickstream", "protocol": "HTTP/1.1"},
+        "http": {
+            "method": method,
+            "path": "/clickstream",
+            "protocol": "HTTP/1.1",
+            "sourceIp": source_ip,
+        },
         "routeKey": f"{method} /clickstream",
     }
     if user_agent is not None:
@@ -123,11 +134,18 @@ def s3(aws: MotoServer):
 
 @pytest.fixture
 def ingest(s3, raw_bucket: str):
-    """Send one request to the ingest; returns (status, decoded JSON body, response)."""
+    """Send one request to the ingest, running at LAMBDA_CLOCK unless told otherwise; returns
+    (status, decoded JSON body, response)."""
 
-    def send(event: dict[str, Any], bucket: str = raw_bucket) -> tuple[int, dict, dict]:
+    def send(
+        event: dict[str, Any], bucket: str = raw_bucket, **options: Any
+    ) -> tuple[int, dict, dict]:
         response = handler.handle_request(
-            event, s3_client=s3, bucket=bucket, aws_request_id="lambda-req-1"
+            event,
+            s3_client=s3,
+            bucket=bucket,
+            aws_request_id="lambda-req-1",
+            **{"server_time": LAMBDA_CLOCK, **options},
         )
         assert response["headers"]["content-type"] == "application/json"
         return response["statusCode"], json.loads(response["body"]), response
@@ -287,9 +305,18 @@ def test_the_json_media_type_is_recognised_whatever_its_parameters_and_case(inge
     assert status == 202
 
 
-def test_without_a_time_epoch_the_receive_time_is_now(ingest, s3, raw_bucket):
+def test_without_a_time_epoch_the_receive_time_is_the_lambdas_clock(ingest, s3, raw_bucket):
+    lambda_clock = datetime(2025, 12, 2, 7, 30, 0, 456000, tzinfo=UTC)
+    ingest(json_request(tracker_event(), time_epoch_ms=None), server_time=lambda_clock)
+
+    [(key, content)] = stored_objects(s3, raw_bucket).items()
+    assert raw_lines(content)[0]["received_at"] == "2025-12-02T07:30:00.456Z"
+    assert key.startswith(hour_prefix(lambda_clock))
+
+
+def test_without_a_time_epoch_or_a_lambda_clock_the_receive_time_is_now(ingest, s3, raw_bucket):
     before = datetime.now(UTC)
-    ingest(json_request(tracker_event(), time_epoch_ms=None))
+    ingest(json_request(tracker_event(), time_epoch_ms=None), server_time=None)
     after = datetime.now(UTC)
 
     [(key, content)] = stored_objects(s3, raw_bucket).items()
@@ -415,6 +442,16 @@ REFUSALS = {
         "invalid_json",
     ),
     "absurd nesting": (api_request(DEEPLY_NESTED), 400, "invalid_json"),
+    "a NUL character": (
+        api_request('{"eventName": "page_view", "x": "\\u0000"}'),
+        400,
+        "unstorable_character",
+    ),
+    "an integer beyond 64 bits": (
+        api_request('{"eventName": "page_view", "x": 18446744073709551616}'),
+        400,
+        "number_out_of_range",
+    ),
     "a lone surrogate escape": (
         api_request('{"eventName": "page_view", "x": "\\ud800"}'),
         400,
@@ -610,6 +647,357 @@ def test_an_unchecked_id_field_never_makes_an_invalid_raw_line(ingest, s3, raw_b
     assert status in (202, 422)
     for content in stored_objects(s3, raw_bucket).values():
         assert all(contract.is_valid(r, contract.RAW_RECORD) for r in raw_lines(content))
+
+
+# --- what a raw line can hold: nothing the ETL could not store ----------------------------
+
+NUL_PLACES = {
+    "a field": (tracker_event(pageUrl="https://shop.example.vn/a\x00b"), "/pageUrl"),
+    "an unknown field": (tracker_event(note="x\x00"), "/note"),
+    "element.dataset in a batch": (
+        [tracker_event(), tracker_event("click", element={"dataset": {"orderId": "o-\x00"}})],
+        "/1/element/dataset/orderId",
+    ),
+    "a warehouse-shaped field": ({"event_name": "page_view", "page_url": "\x00"}, "/page_url"),
+    "a field name": ({"eventName": "page_view", "ke\x00y": 1}, "/ke\\u0000y"),
+    "a name deep in an unknown field": (
+        {"eventName": "page_view", "extra": {"a/b~": [{"\x00": True}]}},
+        "/extra/a~1b~0/0/\\u0000",
+    ),
+}
+
+
+@pytest.mark.parametrize(("document", "pointer"), NUL_PLACES.values(), ids=NUL_PLACES)
+def test_a_nul_character_anywhere_in_the_body_is_refused_naming_its_json_pointer(
+    ingest, s3, raw_bucket, document, pointer
+):
+    body_text = json.dumps(document)
+    assert "\\u0000" in body_text  # JSON's only spelling of U+0000
+
+    status, body, _ = ingest(api_request(body_text))
+
+    assert (status, body["error"]) == (400, "unstorable_character")
+    assert f"{pointer}: " in body["message"]
+    assert "U+0000" in body["message"]
+    assert "\x00" not in body["message"]  # a reason is text that PostgreSQL can store
+    assert stored_objects(s3, raw_bucket) == {}
+
+
+def test_an_escaped_backslash_before_u0000_is_no_nul_and_is_stored_as_sent(ingest, s3, raw_bucket):
+    page_url = "https://shop.example.vn/search?q=\\u0000"  # a backslash, then "u0000"
+    body_text = json.dumps(tracker_event(pageUrl=page_url))
+    assert "\\\\u0000" in body_text
+
+    status, _, _ = ingest(api_request(body_text))
+
+    assert status == 202
+    [content] = stored_objects(s3, raw_bucket).values()
+    assert raw_lines(content)[0]["event"]["pageUrl"] == page_url
+
+
+OUT_OF_RANGE_INTEGERS = {
+    "2**64": str(2**64),
+    "-(2**63) - 1": str(-(2**63) - 1),
+    "10**30": str(10**30),
+    "309 digits, a float to orjson": "1" * 309,
+    "309 nines, infinity to orjson": "9" * 309,
+    "5000 digits, more than Python's int() converts": "7" * 5000,
+}
+
+
+@pytest.mark.parametrize("integer_text", OUT_OF_RANGE_INTEGERS.values(), ids=OUT_OF_RANGE_INTEGERS)
+def test_an_integer_the_etl_cannot_read_exactly_is_refused(ingest, s3, raw_bucket, integer_text):
+    body_text = f'{{"eventName": "click", "element": {{"dataset": {{"n": {integer_text}}}}}}}'
+
+    status, body, _ = ingest(api_request(body_text))
+
+    assert (status, body["error"]) == (400, "number_out_of_range")
+    assert integer_text[:40] in body["message"]
+    assert str(raw_format.MAX_EXACT_INTEGER) in body["message"]
+    assert stored_objects(s3, raw_bucket) == {}
+
+
+@pytest.mark.parametrize(
+    "number", [raw_format.MIN_EXACT_INTEGER, raw_format.MAX_EXACT_INTEGER, 0, -1]
+)
+def test_an_integer_within_the_exact_range_is_stored_and_read_back_exactly_by_orjson(
+    ingest, s3, raw_bucket, number
+):
+    status, _, _ = ingest(json_request(tracker_event("click", element={"dataset": {"n": number}})))
+
+    assert status == 202
+    [content] = stored_objects(s3, raw_bucket).values()
+    [line] = content.decode("utf-8").splitlines()
+    assert orjson.loads(line)["event"]["element"]["dataset"]["n"] == number
+
+
+def integer_text_accepted_by_the_ingest(text: str) -> bool:
+    try:
+        raw_format.exact_integer(text)
+    except raw_format.IntegerOutOfRange:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    number=st.integers(min_value=-(2**80), max_value=2**80)
+    | st.sampled_from([raw_format.MIN_EXACT_INTEGER, raw_format.MAX_EXACT_INTEGER]).flatmap(
+        lambda bound: st.integers(min_value=bound - 3, max_value=bound + 3)
+    )
+)
+def test_the_ingest_accepts_exactly_the_integers_that_orjson_reads_exactly(number):
+    text = str(number)
+    read_by_the_etl = orjson.loads(text)
+    the_etl_reads_it_exactly = isinstance(read_by_the_etl, int) and read_by_the_etl == number
+
+    assert integer_text_accepted_by_the_ingest(text) == the_etl_reads_it_exactly
+
+
+def test_a_lone_carriage_return_in_a_url_is_accepted_and_stored_exactly(ingest, s3, raw_bucket):
+    page_url = "https://shop.example.vn/a\rb"
+    status, _, _ = ingest(json_request(tracker_event(pageUrl=page_url)))
+
+    assert status == 202
+    [content] = stored_objects(s3, raw_bucket).values()
+    assert b"\r" not in content  # escaped in the line, so no reader can split there
+    assert '"pageUrl":"https://shop.example.vn/a\\rb"' in content.decode("utf-8")
+    assert raw_lines(content)[0]["event"]["pageUrl"] == page_url
+
+
+def test_unstorable_value_is_none_for_a_document_the_etl_can_store():
+    document = {"a": ["\\u0000", True, raw_format.MAX_EXACT_INTEGER, 1e308, None, {"b": ""}]}
+
+    assert raw_format.unstorable_value(document) is None
+
+
+def test_unstorable_value_names_the_first_offending_value_in_document_order():
+    document = [{"x": "fine", "y": [1, 2**64], "z": "\x00"}, "\x00"]
+
+    reason = raw_format.unstorable_value(document)
+
+    assert reason is not None
+    assert reason.startswith("/0/y/1: the integer 18446744073709551616 is outside")
+
+
+def test_unstorable_value_walks_a_document_nested_as_deep_as_a_parser_allows():
+    document = orjson.loads("[" * 1023 + '"\\u0000"' + "]" * 1023)
+
+    reason = raw_format.unstorable_value(document)
+
+    assert reason == "/0" * 1023 + ": contains U+0000, which PostgreSQL text cannot store"
+
+
+# --- the receive time -----------------------------------------------------------------------
+
+UNBELIEVED_TIME_EPOCHS = {
+    "absent": (None, "no timeEpoch"),
+    "in the future": (4070908800000, "ahead of"),  # 2099-01-01: events/2099/... stalls the ETL
+    "far in the past": (RECEIVED_AT_EPOCH_MS - 24 * 3600 * 1000, "behind"),
+    "beyond the calendar": (10**20, "beyond the calendar"),
+    "a boolean": (True, "not an integer"),
+    "a float": (float(RECEIVED_AT_EPOCH_MS), "not an integer"),
+    "a string": (str(RECEIVED_AT_EPOCH_MS), "not an integer"),
+}
+
+
+@pytest.mark.parametrize(
+    ("time_epoch_ms", "reason"), UNBELIEVED_TIME_EPOCHS.values(), ids=UNBELIEVED_TIME_EPOCHS
+)
+def test_an_unbelievable_time_epoch_gives_way_to_the_lambdas_clock_with_a_warning(
+    ingest, s3, raw_bucket, ingest_log, time_epoch_ms, reason
+):
+    status, _, _ = ingest(json_request(tracker_event(), time_epoch_ms=time_epoch_ms))
+
+    assert status == 202
+    [(key, content)] = stored_objects(s3, raw_bucket).items()
+    assert key.startswith(hour_prefix(LAMBDA_CLOCK))
+    assert raw_lines(content)[0]["received_at"] == mapping.format_timestamp(LAMBDA_CLOCK)
+    [warning] = [line for line in ingest_log if line["level"] == "WARNING"]
+    assert warning["message"] == "receive time not believed"
+    assert reason in warning["reason"]
+    assert warning["time_epoch_ms"] == time_epoch_ms
+    assert warning["received_at"] == mapping.format_timestamp(LAMBDA_CLOCK)
+    assert warning["request_id"] == "req-1"
+
+
+@pytest.mark.parametrize(
+    "offset", [handler.RECEIVE_TIME_TOLERANCE, -handler.RECEIVE_TIME_TOLERANCE]
+)
+def test_a_time_epoch_within_the_tolerance_either_way_is_believed_without_a_warning(
+    ingest, s3, raw_bucket, ingest_log, offset
+):
+    ingest(json_request(tracker_event()), server_time=RECEIVED_AT - offset)
+
+    [content] = stored_objects(s3, raw_bucket).values()
+    assert raw_lines(content)[0]["received_at"] == "2025-12-01T10:15:00.123Z"
+    assert [line["level"] for line in ingest_log] == ["INFO"]
+
+
+def test_an_in_process_replay_without_a_lambda_clock_keeps_a_historic_time_epoch(
+    ingest, s3, raw_bucket, ingest_log
+):
+    status, _, _ = ingest(json_request(tracker_event()), server_time=None)
+
+    assert status == 202
+    [key] = stored_keys(s3, raw_bucket)
+    assert key.startswith("events/2025/12/01/10/")
+    assert [line["level"] for line in ingest_log] == ["INFO"]
+
+
+def test_an_in_process_replay_still_survives_a_time_epoch_beyond_the_calendar(
+    ingest, s3, raw_bucket
+):
+    before = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    status, _, _ = ingest(json_request(tracker_event(), time_epoch_ms=10**20), server_time=None)
+
+    assert status == 202
+    [key] = stored_keys(s3, raw_bucket)
+    assert key.startswith((hour_prefix(before), hour_prefix(datetime.now(UTC))))
+
+
+def invoke_entry_point(request: dict[str, Any], raw_bucket: str, monkeypatch) -> dict[str, Any]:
+    """Call the Lambda entry point as Lambda does, with RAW_BUCKET set."""
+    monkeypatch.setenv("RAW_BUCKET", raw_bucket)
+    handler.default_s3_client.cache_clear()  # made lazily, after AWS_ENDPOINT_URL is set
+    try:
+        return handler.handler(request, SimpleNamespace(aws_request_id="lambda-req-9"))
+    finally:
+        handler.default_s3_client.cache_clear()
+
+
+def test_the_lambda_entry_point_checks_the_time_epoch_against_its_own_clock(
+    aws, s3, raw_bucket, monkeypatch
+):
+    just_now = datetime.now(UTC) - timedelta(seconds=1)
+    just_now_ms = int(just_now.timestamp()) * 1000 + just_now.microsecond // 1000
+    invoke_entry_point(
+        json_request(tracker_event(), time_epoch_ms=just_now_ms), raw_bucket, monkeypatch
+    )
+    before = datetime.now(UTC)
+    invoke_entry_point(
+        json_request(tracker_event(), time_epoch_ms=4070908800000), raw_bucket, monkeypatch
+    )
+    after = datetime.now(UTC)
+
+    received = sorted(
+        datetime.fromisoformat(raw_lines(content)[0]["received_at"])
+        for content in stored_objects(s3, raw_bucket).values()
+    )
+    assert received[0] == just_now.replace(microsecond=just_now.microsecond // 1000 * 1000)
+    assert before - timedelta(milliseconds=1) <= received[1] <= after  # not 2099
+
+
+# --- privacy ------------------------------------------------------------------------------
+
+SECRET_PAGE_URL = (
+    "https://shop.example.vn/reset?Token=tok-9f8e7d&utm_source=mail&email=an%40example.vn"
+    "#access_token=at-5c4b3a&state=st-1"
+)
+SECRET_REFERRER = "https://mail.example.com/inbox?auth=au-1a2b&q=shoes"
+SECRETS = ("tok-9f8e7d", "an%40example.vn", "at-5c4b3a", "au-1a2b")
+
+
+def test_redacted_query_parameters_never_reach_the_raw_object(ingest, s3, raw_bucket):
+    status, _, _ = ingest(
+        json_request(tracker_event(pageUrl=SECRET_PAGE_URL, referrer=SECRET_REFERRER))
+    )
+
+    assert status == 202
+    [content] = stored_objects(s3, raw_bucket).values()
+    event = raw_lines(content)[0]["event"]
+    assert event["pageUrl"] == "https://shop.example.vn/reset?utm_source=mail#state=st-1"
+    assert event["referrer"] == "https://mail.example.com/inbox?q=shoes"
+    assert not any(secret.encode() in content for secret in SECRETS)
+
+
+def test_redaction_covers_the_warehouse_shapes_url_fields_too(ingest, s3, raw_bucket):
+    event = {"event_name": "page_view", "page_url": SECRET_PAGE_URL, "referrer": SECRET_REFERRER}
+    status, _, _ = ingest(json_request(event))
+
+    assert status == 202
+    [content] = stored_objects(s3, raw_bucket).values()
+    stored = raw_lines(content)[0]["event"]
+    assert stored["page_url"] == "https://shop.example.vn/reset?utm_source=mail#state=st-1"
+    assert stored["referrer"] == "https://mail.example.com/inbox?q=shoes"
+
+
+REDACTION_SETTINGS = {
+    "unset: the default list": (None, "https://shop.example.vn/p?utm_source=mail&Lang=vi"),
+    "a list of its own": ("utm_source, LANG", "https://shop.example.vn/p?token=t-1"),
+    "empty: nothing": ("", "https://shop.example.vn/p?token=t-1&utm_source=mail&Lang=vi"),
+}
+
+
+@pytest.mark.parametrize(
+    ("setting", "stored_url"), REDACTION_SETTINGS.values(), ids=REDACTION_SETTINGS
+)
+def test_the_lambda_reads_the_redacted_parameters_from_its_environment(
+    aws, s3, raw_bucket, monkeypatch, setting, stored_url
+):
+    if setting is None:
+        monkeypatch.delenv(handler.REDACTED_QUERY_PARAMETERS_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(handler.REDACTED_QUERY_PARAMETERS_VARIABLE, setting)
+    page_url = "https://shop.example.vn/p?token=t-1&utm_source=mail&Lang=vi"
+    response = invoke_entry_point(
+        json_request(tracker_event(pageUrl=page_url)), raw_bucket, monkeypatch
+    )
+
+    assert response["statusCode"] == 202
+    [content] = stored_objects(s3, raw_bucket).values()
+    assert raw_lines(content)[0]["event"]["pageUrl"] == stored_url
+
+
+def test_a_refusal_logs_the_body_and_problems_without_the_redacted_parameters(ingest, ingest_log):
+    too_long_referrer = f"{SECRET_REFERRER}&pad={'x' * 5000}"
+    events = [
+        tracker_event(pageUrl=SECRET_PAGE_URL, referrer=too_long_referrer),
+        tracker_event(eventName="Bad Name", pageUrl=SECRET_PAGE_URL),
+    ]
+    status, _, _ = ingest(json_request(events))
+
+    assert status == 422
+    [line] = ingest_log
+    assert "utm_source=mail" in line["body"]
+    assert {problem["path"] for problem in line["problems"]} == {"/0/referrer", "/1/eventName"}
+    logged = json.dumps(line)
+    assert not any(secret in logged for secret in SECRETS)
+
+
+def test_the_client_ip_is_neither_stored_nor_logged(ingest, s3, raw_bucket, ingest_log, capsys):
+    requests = {
+        "accepted": json_request(tracker_event()),
+        "accepted at the Lambda's clock": json_request(tracker_event(), time_epoch_ms=10**20),
+        "a contract violation": json_request(tracker_event(eventName="Bad Name")),
+        "invalid JSON": api_request('{"eventName": '),
+        "a NUL": json_request(tracker_event(pageUrl="\x00")),
+        "a GET": json_request(tracker_event(), method="GET"),
+    }
+    statuses = {name: ingest(request)[0] for name, request in requests.items()}
+    statuses["storage failure"] = ingest(json_request(tracker_event()), bucket="no-such-bucket")[0]
+
+    assert statuses == {
+        "accepted": 202,
+        "accepted at the Lambda's clock": 202,
+        "a contract violation": 422,
+        "invalid JSON": 400,
+        "a NUL": 400,
+        "a GET": 405,
+        "storage failure": 503,
+    }
+    assert {request["requestContext"]["http"]["sourceIp"] for request in requests.values()} == {
+        CLIENT_IP
+    }
+    assert len(stored_objects(s3, raw_bucket)) == 2
+    assert not any(
+        CLIENT_IP.encode() in content for content in stored_objects(s3, raw_bucket).values()
+    )
+    assert len(ingest_log) == 8  # one line a request, and the warning about the receive time
+    assert CLIENT_IP not in json.dumps(ingest_log)
+    printed = capsys.readouterr()
+    assert "request accepted" in printed.out  # the logger's own output was captured
+    assert CLIENT_IP not in printed.out + printed.err
 
 
 # --- import cost -------------------------------------------------------------------------

@@ -183,7 +183,8 @@ def test_the_journey_paths_migration_fills_them_for_what_was_loaded_before_it(
                     )
             cursor.execute("SELECT mark_range_dirty('-infinity', 'infinity')")
             cursor.execute("SELECT refresh_dirty_aggregates()")
-        assert migrations.apply_migrations(connection, every) == [journeys]
+        up_to_journeys = [m for m in every if m.version <= journeys.version]
+        assert migrations.apply_migrations(connection, up_to_journeys) == [journeys]
         with connection.cursor() as cursor:
             cursor.execute("SELECT session_id, path FROM session_journeys ORDER BY 1")
             paths = cursor.fetchall()

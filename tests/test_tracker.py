@@ -116,6 +116,11 @@ def test_a_shop_visit_lands_in_the_warehouse_once_in_order(
         "lap-001"
     }
     assert warehouse.query("SELECT converted, add_to_carts FROM sessions") == [(True, 1)]
+    # Every clock is kept: the device's event and send times, and the receive time.
+    clocks = warehouse.query(
+        "SELECT client_timestamp, client_sent_at, received_at FROM clickstream_events"
+    )
+    assert all(None not in row and row[0] <= row[1] for row in clocks), clocks
 
 
 def test_events_queued_when_the_page_is_left_arrive_by_beacon(

@@ -13,7 +13,8 @@
  * data-clickstream-product='{"id": ...}') are tracked on click.
  *
  * Events follow files/contract/clickstream-event.schema.json (the tracker shape) and carry an
- * eventId and an eventTimestamp, so that a retried batch is deduplicated by the warehouse. They
+ * eventId and an eventTimestamp, so that a retried batch is deduplicated by the warehouse, and
+ * a sentAt when their batch leaves, so that a wrong device clock is corrected. They
  * are queued (in localStorage, so a reload loses nothing), sent in batches, retried with backoff
  * when the network or the ingest fails, and flushed with navigator.sendBeacon when the page is
  * hidden. A batch the ingest refuses as invalid (4xx) is dropped, with the reason on the console:
@@ -167,7 +168,7 @@
     return global.fetch(this.endpoint, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(batch),
+      body: stampedBody(batch),
       keepalive: true
     }).then(function (response) {
       if (response.ok) {
@@ -189,6 +190,21 @@
     });
   };
 
+  // The batch as it leaves now: each event stamped with sentAt, by the same device clock as its
+  // eventTimestamp, so that the warehouse can correct a wrong clock (receive time minus the
+  // time the event waited here). A resend gets the time of the resend.
+  function stampedBody(batch) {
+    var sentAt = new Date().toISOString();
+    return JSON.stringify(batch.map(function (event) {
+      var stamped = {};
+      for (var name in event) {
+        if (Object.prototype.hasOwnProperty.call(event, name)) { stamped[name] = event[name]; }
+      }
+      stamped.sentAt = sentAt;
+      return stamped;
+    }));
+  }
+
   Tracker.prototype.backOff = function () {
     this.failures += 1;
     var delay = Math.min(this.maxBackoffMs, 1000 * Math.pow(2, this.failures - 1));
@@ -201,7 +217,7 @@
   Tracker.prototype.flushWithBeacon = function () {
     if (!this.queue.length || !global.navigator.sendBeacon) { return; }
     var batch = this.queue.slice(0, 500);
-    if (global.navigator.sendBeacon(this.endpoint, new Blob([JSON.stringify(batch)], { type: "text/plain" }))) {
+    if (global.navigator.sendBeacon(this.endpoint, new Blob([stampedBody(batch)], { type: "text/plain" }))) {
       this.settle(batch.length);
     }
   };

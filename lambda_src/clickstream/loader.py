@@ -10,10 +10,18 @@ Lambda ETL (scheduled and window runs), the backfill module and the tests all co
   the chunk, are skipped, and the rest are COPYed in (``force`` stages the chunk and rewrites
   existing rows instead, so a mapping fix reaches old rows, still without duplicates).
 - Nothing lost: a line that breaks the contract goes to ``etl_rejects`` with its reason and text;
-  its neighbours load.
-- One run at a time: a session advisory lock; a second concurrent run returns ``skipped``.
+  its neighbours load. The COPY encoding is total (every character a text column can hold is
+  quoted as data), and should PostgreSQL still refuse a row, the chunk isolates it under
+  savepoints (bisection) and keeps it as a reject with PostgreSQL's reason: one bad line never
+  holds back another.
+- One run at a time: a session advisory lock; a second concurrent run returns ``skipped``. The run
+  that holds it marks runs left ``running`` by a process that died as ``abandoned``.
 - No bucket rescans: a scheduled run lists only the hour partitions from the newest loaded one
-  (minus a lookback for late objects) to now.
+  (minus a lookback for late objects) to now, and never from later than now: a partition from
+  the future cannot make the schedule list nothing. Window runs into the future are refused.
+- Force means "rewrite what changed": a forced reload updates only rows whose mapping changed,
+  and only from the copy of the event that was loaded (the first receive wins); a retried copy
+  in another object is a duplicate, never a rewrite.
 - Incremental aggregates: loads mark the hours they touched; the run then recomputes only those
   hours, their days and their sessions (``refresh_dirty_aggregates()`` in the migrations).
 """
@@ -22,11 +30,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import queue
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,7 +47,13 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from clickstream import raw_store
-from clickstream.mapping import WAREHOUSE_COLUMNS, RejectedLine, parse_raw_line
+from clickstream.mapping import (
+    EVENT_ID,
+    EVENT_TIMESTAMP,
+    WAREHOUSE_COLUMNS,
+    RejectedLine,
+    parse_raw_line,
+)
 from clickstream.partitions import floor_hour, hours_between
 from clickstream.raw_store import RawObject
 
@@ -56,14 +71,22 @@ STAGING_MEMORY = "256MB"
 
 _COLUMNS = sql.SQL(", ").join(map(sql.Identifier, WAREHOUSE_COLUMNS))
 _UPDATED_COLUMNS = [column for column in WAREHOUSE_COLUMNS if column != "event_id"]
+# The staging table checks what the events table checks (types, NOT NULL, CHECK constraints), so
+# that a refused row is found by the staging COPY and isolated; no unique key, since a forced
+# reload stages every copy of an event.
 _CREATE_STAGING = sql.SQL(
     "CREATE TEMP TABLE IF NOT EXISTS etl_staging "
-    "(LIKE public.clickstream_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    "(LIKE public.clickstream_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
+    "ON COMMIT DELETE ROWS"
 )
 _COPY_TO_STAGING = sql.SQL("COPY etl_staging ({}) FROM STDIN WITH (FORMAT csv)").format(_COLUMNS)
 _COPY_TO_EVENTS = sql.SQL(
     "COPY public.clickstream_events ({}) FROM STDIN WITH (FORMAT csv)"
 ).format(_COLUMNS)
+# What PostgreSQL may refuse in one row of a COPY (a value out of a column's range, say) and not
+# in its neighbours: the chunk isolates such rows instead of failing. Class 22 is every data
+# exception; a unique violation is no row's fault (see _copy_new_events).
+_ROW_ERRORS = (psycopg2.DataError, psycopg2.errors.NotNullViolation, psycopg2.errors.CheckViolation)
 # One primary-key probe per candidate (LATERAL ... LIMIT 1): a plain "= ANY" or a join is planned
 # as a scan of the whole table while its statistics still describe it before this load.
 _EXISTING_EVENT_IDS = (
@@ -76,17 +99,42 @@ _INSERT_NEW_EVENTS = sql.SQL(
     "INSERT INTO public.clickstream_events ({columns}) "
     "SELECT {columns} FROM etl_staging ON CONFLICT (event_id) DO NOTHING"
 ).format(columns=_COLUMNS)
-# A forced reload rewrites rows whose mapping changed; xmax = 0 tells inserted from updated.
+# Each staged event's stored copy, if any, probed by primary key (see _EXISTING_EVENT_IDS).
+_STORED_COPY = """
+LEFT JOIN LATERAL (
+    SELECT e.received_at, e.event_timestamp FROM public.clickstream_events AS e
+    WHERE e.event_id = staged.event_id LIMIT 1
+) AS stored ON true
+"""
+# A forced reload that moves an event to another hour must refresh the hour it leaves, too.
+_MARK_HOURS_LEFT_DIRTY = sql.SQL("""
+INSERT INTO public.etl_dirty_hours (hour_start)
+SELECT DISTINCT date_trunc('hour', stored.event_timestamp AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+FROM etl_staging AS staged {stored_copy}
+WHERE stored.received_at = staged.received_at AND stored.event_timestamp <> staged.event_timestamp
+ON CONFLICT DO NOTHING
+""").format(stored_copy=sql.SQL(_STORED_COPY))
+# A forced reload rewrites rows whose mapping changed, from the copy of the event that was
+# loaded (same received_at: the first receive wins); of an event staged more than once, that
+# copy is the one kept, else the earliest received. xmax = 0 tells inserted from updated.
 _UPSERT_EVENTS = sql.SQL("""
-WITH upserted AS (
+WITH chosen AS (
+    SELECT DISTINCT ON (staged.event_id) {staged_columns}
+    FROM etl_staging AS staged {stored_copy}
+    ORDER BY staged.event_id, (staged.received_at = stored.received_at) IS TRUE DESC,
+             staged.received_at
+), upserted AS (
     INSERT INTO public.clickstream_events AS existing ({columns})
-    SELECT DISTINCT ON (event_id) {columns} FROM etl_staging ORDER BY event_id, received_at
+    SELECT {columns} FROM chosen
     ON CONFLICT (event_id) DO UPDATE SET ({updated}) = ({excluded})
-    WHERE ({existing}) IS DISTINCT FROM ({excluded})
+    WHERE existing.received_at = excluded.received_at
+      AND ({existing}) IS DISTINCT FROM ({excluded})
     RETURNING (xmax = 0) AS inserted
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM upserted
 """).format(
+    staged_columns=sql.SQL(", ").join(sql.Identifier("staged", c) for c in WAREHOUSE_COLUMNS),
+    stored_copy=sql.SQL(_STORED_COPY),
     columns=_COLUMNS,
     updated=sql.SQL(", ").join(map(sql.Identifier, _UPDATED_COLUMNS)),
     excluded=sql.SQL(", ").join(sql.Identifier("excluded", c) for c in _UPDATED_COLUMNS),
@@ -128,6 +176,12 @@ class RunReport:
     rejected_lines: int = 0
     missing_objects: int = 0
     pending_objects: int = 0
+    # Lines PostgreSQL refused that the load isolated into etl_rejects (counted in rejected_lines).
+    isolated_lines: int = 0
+    # Per warehouse column, values stored as NULL because they did not parse (order facts).
+    unparsable_values: dict[str, int] = field(default_factory=dict)
+    # Runs found still 'running' from a process that died, marked 'abandoned' by this one.
+    abandoned_runs: int = 0
     lag_seconds: float | None = None
     aggregates_refreshed: dict[str, int] = field(default_factory=dict)
     # Wall time of each phase: listing the partitions, loading the objects, refreshing aggregates.
@@ -143,17 +197,25 @@ class RunReport:
 class _PreparedChunk:
     """A transaction's worth of objects, parsed, ready for the warehouse.
 
-    ``rows`` are the chunk's events, each once (the first of a repeated event_id), and
-    ``csv_rows`` the same rows as COPY input.
+    ``rows`` are the rows of every line that mapped, repeats included (a forced reload stages
+    them all and keeps the right copy), ``origins`` where each came from (object key, line), and
+    ``unique`` the first row of each event_id, with ``csv_rows`` the same as COPY input.
+    ``bodies`` are the objects' bytes, by key: a row PostgreSQL refuses is kept as a reject
+    with its line's text.
     """
 
     rows: list[tuple]
+    origins: list[tuple[str, int]]
+    unique: list[tuple]
+    unique_origins: list[tuple[str, int]]
     csv_rows: io.StringIO
-    repeated_in_chunk: int
     dirty_hours: set[str]
     rejects: list[tuple]
     ledger_rows: list[tuple]
     missing: int
+    unparsable: Counter
+    bodies: dict[str, bytes]
+    run_id: str
 
 
 def run_scheduled(
@@ -181,7 +243,9 @@ def run_scheduled(
         if newest_loaded is None:
             first = now - timedelta(hours=initial_lookback_hours)
         else:
-            first = newest_loaded - timedelta(hours=lookback_hours)
+            # Bounded by now: a partition from the future (a wrong receive clock once) must not
+            # make every later run list hours after now, find nothing and report success.
+            first = min(newest_loaded, floor_hour(now)) - timedelta(hours=lookback_hours)
         return list(hours_between(first, now))
 
     report = RunReport(run_id=str(uuid.uuid4()), trigger="schedule", forced=False)
@@ -200,9 +264,11 @@ def run_window(
 ) -> RunReport:
     """Load the objects of the hour partitions from ``start`` to ``end`` (inclusive hours).
 
-    Objects already in the ledger are skipped unless ``force``, which reloads them.
+    Objects already in the ledger are skipped unless ``force``, which reloads them. A window
+    that is reversed or ends after the current hour is refused (ValueError).
     """
-    _require_ordered(start, end)
+    now = datetime.now(UTC)
+    _require_past_window(start, end, now)
     report = RunReport(
         run_id=str(uuid.uuid4()),
         trigger="window",
@@ -217,7 +283,7 @@ def run_window(
         report,
         lambda: list(hours_between(start, end)),
         deadline,
-        datetime.now(UTC),
+        now,
     )
 
 
@@ -238,7 +304,7 @@ def plan_window(
     connection, s3_client, bucket: str, *, start: datetime, end: datetime, force: bool = False
 ) -> list[HourPlan]:
     """Per hour of the window: the raw objects found and how many the ledger holds. Reads only."""
-    _require_ordered(start, end)
+    _require_past_window(start, end, datetime.now(UTC))
     hours = list(hours_between(start, end))
     listed = _list_hours(s3_client, bucket, hours)
     loaded_keys = _loaded_keys(connection, hours)
@@ -250,10 +316,15 @@ def plan_window(
     return plans
 
 
-def _require_ordered(start: datetime, end: datetime) -> None:
+def _require_past_window(start: datetime, end: datetime, now: datetime) -> None:
     if end < start:
         raise ValueError(
             f"the window ends ({end.isoformat()}) before it starts ({start.isoformat()})"
+        )
+    if floor_hour(end) > floor_hour(now):
+        raise ValueError(
+            f"the window ends in the future ({floor_hour(end).isoformat()}, now is "
+            f"{now.isoformat(timespec='seconds')}): no partition after the current hour is loaded"
         )
 
 
@@ -298,6 +369,7 @@ def _run(connection, s3_client, bucket, report, hours_to_list, deadline, now) ->
             report.status = "skipped"
             report.detail = "another ETL run holds the warehouse lock; this run did nothing"
             return report
+        report.abandoned_runs = _mark_dead_runs_abandoned(connection, report.run_id)
         _record_run(connection, report, started=True)
         try:
             with _timed(report, "list"):
@@ -358,6 +430,20 @@ def _exclusive_run(connection) -> Iterator[bool]:
                 pass  # the connection is gone, and its session lock with it: nothing to release
 
 
+def _mark_dead_runs_abandoned(connection, run_id: str) -> int:
+    """Mark runs still 'running' as abandoned: the caller holds the run lock, so none is alive."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE public.etl_runs SET status = 'abandoned', finished_at = now(), "
+            "detail = concat_ws('; ', detail, 'the run ended without finishing (killed, timed "
+            "out or disconnected); marked by run ' || %s) WHERE status = 'running'",
+            (run_id,),
+        )
+        abandoned = cursor.rowcount
+    connection.commit()
+    return abandoned
+
+
 def _record_run(connection, report: RunReport, *, started: bool) -> None:
     """Keep the run in etl_runs. A failure here (the database went away) never hides the cause."""
     if connection.closed:
@@ -369,19 +455,35 @@ def _record_run(connection, report: RunReport, *, started: bool) -> None:
                 cursor.execute(
                     "INSERT INTO public.etl_runs (run_id, trigger, window_start, window_end, "
                     "forced, status) VALUES (%s, %s, %s, %s, %s, 'running')",
-                    (report.run_id, report.trigger, report.window_start, report.window_end,
-                     report.forced),
-                )  # fmt: skip
+                    (
+                        report.run_id,
+                        report.trigger,
+                        report.window_start,
+                        report.window_end,
+                        report.forced,
+                    ),
+                )
             else:
                 cursor.execute(
                     "UPDATE public.etl_runs SET status = %s, finished_at = now(), objects = %s, "
                     "events_loaded = %s, events_updated = %s, duplicates_skipped = %s, "
-                    "rejected_lines = %s, pending_objects = %s, lag_seconds = %s, detail = %s "
-                    "WHERE run_id = %s",
-                    (report.status, report.objects, report.events_loaded, report.events_updated,
-                     report.duplicates_skipped, report.rejected_lines, report.pending_objects,
-                     report.lag_seconds, report.detail, report.run_id),
-                )  # fmt: skip
+                    "rejected_lines = %s, pending_objects = %s, lag_seconds = %s, detail = %s, "
+                    "isolated_lines = %s, unparsable_values = %s WHERE run_id = %s",
+                    (
+                        report.status,
+                        report.objects,
+                        report.events_loaded,
+                        report.events_updated,
+                        report.duplicates_skipped,
+                        report.rejected_lines,
+                        report.pending_objects,
+                        report.lag_seconds,
+                        report.detail,
+                        report.isolated_lines,
+                        json.dumps(report.unparsable_values),
+                        report.run_id,
+                    ),
+                )
         connection.commit()
     except Exception:
         if started:
@@ -490,52 +592,67 @@ def _chunks(
 
 def _prepare_chunk(chunk: list[tuple[RawObject, bytes | None]], run_id: str) -> _PreparedChunk:
     rows: list[tuple] = []
+    origins: list[tuple[str, int]] = []
     rejects: list[tuple] = []
     ledger_rows: list[tuple] = []
+    bodies: dict[str, bytes] = {}
+    unparsable: Counter = Counter()
     missing = 0
     for item, body in chunk:
         if body is None:  # expired between listing and reading: nothing to load, nothing to mark
             missing += 1
             continue
+        bodies[item.key] = body
         line_count = rejected = 0
         for line_number, raw_line in enumerate(body.split(b"\n"), start=1):
             if not raw_line.strip():
                 continue
             line_count += 1
-            parsed = _parse_line(raw_line, line_number)
+            parsed = _parse_line(raw_line, line_number, unparsable)
             if isinstance(parsed, RejectedLine):
                 rejected += 1
                 rejects.append((item.key, line_number, parsed.reason, parsed.raw_text, run_id))
             else:
                 rows.append(parsed)
+                origins.append((item.key, line_number))
         ledger_rows.append(
             (item.key, item.hour, item.etag, item.size, line_count, rejected, run_id)
         )
-    unique_rows = _first_of_each_event(rows)
+    unique_indexes = _first_of_each_event(rows)
+    unique = [rows[index] for index in unique_indexes]
     return _PreparedChunk(
-        rows=unique_rows,
-        csv_rows=_csv_of(unique_rows),
-        repeated_in_chunk=len(rows) - len(unique_rows),
-        dirty_hours={_utc_hour(row[1]) for row in unique_rows},
+        rows=rows,
+        origins=origins,
+        unique=unique,
+        unique_origins=[origins[index] for index in unique_indexes],
+        csv_rows=_csv_of(unique),
+        dirty_hours={_utc_hour(row[EVENT_TIMESTAMP]) for row in unique},
         rejects=rejects,
         ledger_rows=ledger_rows,
         missing=missing,
+        unparsable=unparsable,
+        bodies=bodies,
+        run_id=run_id,
     )
 
 
-def _first_of_each_event(rows: list[tuple]) -> list[tuple]:
+def _first_of_each_event(rows: list[tuple]) -> list[int]:
+    """The indexes of the first row of each event_id."""
     seen: set[str] = set()
     unique = []
-    for row in rows:
-        if row[0] not in seen:
-            seen.add(row[0])
-            unique.append(row)
+    for index, row in enumerate(rows):
+        if row[EVENT_ID] not in seen:
+            seen.add(row[EVENT_ID])
+            unique.append(index)
     return unique
 
 
 def _csv_of(rows: Iterable[tuple]) -> io.StringIO:
+    """The rows as COPY's CSV input, total over every text: with a CR LF line terminator, the
+    csv module quotes every field holding a CR or a LF (it quotes any character of the
+    terminator), so a lone carriage return in a URL is data, never the end of a row."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
     buffer.seek(0)
     return buffer
 
@@ -547,17 +664,21 @@ def _utc_hour(timestamp: str) -> str:
     return datetime.fromisoformat(timestamp).astimezone(UTC).strftime("%Y-%m-%dT%H")
 
 
-def _parse_line(raw_line: bytes, line_number: int):
+def _parse_line(raw_line: bytes, line_number: int, unparsable: Counter):
     try:
         line = raw_line.decode("utf-8")
     except UnicodeDecodeError as error:
-        text = raw_line.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-        return RejectedLine(line_number, f"not valid UTF-8: {error}", text)
-    parsed = parse_raw_line(line, line_number)
+        return RejectedLine(line_number, f"not valid UTF-8: {error}", _storable_text(raw_line))
+    parsed = parse_raw_line(line, line_number, unparsable)
     if isinstance(parsed, RejectedLine) and "\x00" in parsed.raw_text:
         # PostgreSQL text cannot hold U+0000; keep the line, visibly marked where it was.
         return RejectedLine(line_number, parsed.reason, parsed.raw_text.replace("\x00", "\ufffd"))
     return parsed
+
+
+def _storable_text(raw_line: bytes) -> str:
+    """A line's bytes as text PostgreSQL can store: invalid UTF-8 and U+0000 as U+FFFD."""
+    return raw_line.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 def _load_chunk(connection, prepared: _PreparedChunk, report: RunReport) -> None:
@@ -565,10 +686,10 @@ def _load_chunk(connection, prepared: _PreparedChunk, report: RunReport) -> None
     try:
         with connection.cursor() as cursor:
             if report.forced:
-                inserted, updated = _upsert_through_staging(cursor, prepared)
+                inserted, updated, isolated = _upsert_through_staging(cursor, prepared)
             else:
-                inserted, updated = _copy_new_events(connection, cursor, prepared), 0
-            _record_chunk(cursor, prepared)
+                (inserted, isolated), updated = _copy_new_events(cursor, prepared), 0
+            _record_chunk(cursor, prepared, isolated)
         connection.commit()
     except Exception:
         if not connection.closed:
@@ -578,46 +699,109 @@ def _load_chunk(connection, prepared: _PreparedChunk, report: RunReport) -> None
     report.missing_objects += prepared.missing
     report.events_loaded += inserted
     report.events_updated += updated
-    report.duplicates_skipped += (
-        prepared.repeated_in_chunk + len(prepared.rows) - inserted - updated
-    )
-    report.rejected_lines += len(prepared.rejects)
+    report.duplicates_skipped += len(prepared.rows) - len(isolated) - inserted - updated
+    report.rejected_lines += len(prepared.rejects) + len(isolated)
+    report.isolated_lines += len(isolated)
+    for column, count in prepared.unparsable.items():
+        report.unparsable_values[column] = report.unparsable_values.get(column, 0) + count
 
 
-def _copy_new_events(connection, cursor, prepared: _PreparedChunk) -> int:
-    """COPY the events not in the warehouse yet straight into it; return how many.
+def _copy_new_events(cursor, prepared: _PreparedChunk) -> tuple[int, list[tuple]]:
+    """COPY the events not in the warehouse yet straight into it; return how many, and the
+    rejects of rows PostgreSQL refused.
 
     Safe without ON CONFLICT because loads hold the run lock. Should a row have been written
     outside it meanwhile, the unique key refuses the COPY and the chunk goes through staging.
     """
     cursor.execute("SAVEPOINT before_copy")
-    cursor.execute(_EXISTING_EVENT_IDS, ([row[0] for row in prepared.rows],))
+    cursor.execute(_EXISTING_EVENT_IDS, ([row[EVENT_ID] for row in prepared.unique],))
     existing = {event_id for (event_id,) in cursor.fetchall()}
-    new_rows = prepared.csv_rows
     if existing:
-        new_rows = _csv_of(row for row in prepared.rows if row[0] not in existing)
+        new = [i for i, row in enumerate(prepared.unique) if row[EVENT_ID] not in existing]
+        rows = [prepared.unique[i] for i in new]
+        origins = [prepared.unique_origins[i] for i in new]
+        encoded = None
+    else:  # the usual case: the CSV made while the previous chunk loaded is used as it is
+        rows, origins, encoded = prepared.unique, prepared.unique_origins, prepared.csv_rows
     try:
-        cursor.copy_expert(_COPY_TO_EVENTS, new_rows, size=COPY_READ_SIZE)
+        isolated = _copy_rows(cursor, _COPY_TO_EVENTS, prepared, rows, origins, encoded)
+        return len(rows) - len(isolated), isolated
     except psycopg2.errors.UniqueViolation:
         cursor.execute("ROLLBACK TO SAVEPOINT before_copy")
-        prepared.csv_rows.seek(0)
-        cursor.copy_expert(_COPY_TO_STAGING, prepared.csv_rows, size=COPY_READ_SIZE)
+        isolated = _copy_rows(
+            cursor, _COPY_TO_STAGING, prepared, prepared.unique, prepared.unique_origins
+        )
         cursor.execute(_INSERT_NEW_EVENTS)
-    return cursor.rowcount
+        return cursor.rowcount, isolated
 
 
-def _upsert_through_staging(cursor, prepared: _PreparedChunk) -> tuple[int, int]:
-    cursor.copy_expert(_COPY_TO_STAGING, prepared.csv_rows, size=COPY_READ_SIZE)
+def _upsert_through_staging(cursor, prepared: _PreparedChunk) -> tuple[int, int, list[tuple]]:
+    """Stage every copy of the chunk's events and rewrite what changed; (inserted, updated,
+    rejects of rows PostgreSQL refused)."""
+    isolated = _copy_rows(cursor, _COPY_TO_STAGING, prepared, prepared.rows, prepared.origins)
+    cursor.execute(_MARK_HOURS_LEFT_DIRTY)
     cursor.execute(_UPSERT_EVENTS)
     inserted, updated = cursor.fetchone()
-    return inserted, updated
+    return inserted, updated, isolated
 
 
-def _record_chunk(cursor, prepared: _PreparedChunk) -> None:
+def _copy_rows(
+    cursor,
+    statement,
+    prepared: _PreparedChunk,
+    rows: list[tuple],
+    origins: list[tuple[str, int]],
+    encoded: io.StringIO | None = None,
+) -> list[tuple]:
+    """COPY ``rows``; a row PostgreSQL refuses is found by bisection under savepoints and
+    returned as a reject (object key, line, reason, text, run), and every other row is copied.
+
+    A refusal is rare (the contract and the mapping bound what reaches here), so the whole
+    chunk is tried first and only a failing part is split.
+    """
+    if not rows:
+        return []
+    cursor.execute("SAVEPOINT copy_rows")
+    try:
+        cursor.copy_expert(statement, encoded or _csv_of(rows), size=COPY_READ_SIZE)
+    except _ROW_ERRORS as error:
+        cursor.execute("ROLLBACK TO SAVEPOINT copy_rows")
+        cursor.execute("RELEASE SAVEPOINT copy_rows")
+        if len(rows) == 1:
+            return [_refused_row_reject(prepared, origins[0], error)]
+        half = len(rows) // 2
+        return [
+            *_copy_rows(cursor, statement, prepared, rows[:half], origins[:half]),
+            *_copy_rows(cursor, statement, prepared, rows[half:], origins[half:]),
+        ]
+    cursor.execute("RELEASE SAVEPOINT copy_rows")
+    return []
+
+
+def _refused_row_reject(
+    prepared: _PreparedChunk, origin: tuple[str, int], error: psycopg2.Error
+) -> tuple:
+    """The reject row of a line whose row PostgreSQL refused, with PostgreSQL's reason."""
+    key, line_number = origin
+    reason = f"refused by the warehouse ({error.pgcode}): {error.diag.message_primary}"
+    if error.diag.context:
+        reason += f" ({error.diag.context.strip()})"
+    text = _storable_text(prepared.bodies[key].split(b"\n")[line_number - 1])
+    return (key, line_number, reason, text, prepared.run_id)
+
+
+def _record_chunk(cursor, prepared: _PreparedChunk, isolated: list[tuple]) -> None:
     if prepared.dirty_hours:
         hours = [(f"{hour}:00:00+00",) for hour in sorted(prepared.dirty_hours)]
         execute_values(cursor, _MARK_HOURS_DIRTY, hours, page_size=1000)
-    if prepared.rejects:
-        execute_values(cursor, _RECORD_REJECTS, prepared.rejects, page_size=500)
-    if prepared.ledger_rows:
-        execute_values(cursor, _RECORD_LOADED_OBJECTS, prepared.ledger_rows, page_size=1000)
+    rejects = prepared.rejects + isolated
+    if rejects:
+        execute_values(cursor, _RECORD_REJECTS, rejects, page_size=500)
+    ledger_rows = prepared.ledger_rows
+    if isolated:  # the ledger counts an object's isolated lines among its rejected ones
+        isolated_per_object = Counter(reject[0] for reject in isolated)
+        ledger_rows = [
+            (*row[:5], row[5] + isolated_per_object[row[0]], row[6]) for row in ledger_rows
+        ]
+    if ledger_rows:
+        execute_values(cursor, _RECORD_LOADED_OBJECTS, ledger_rows, page_size=1000)

@@ -155,8 +155,14 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         finally:
             connection.close()
     except Exception as error:
-        log(LOGGER, logging.ERROR, "ETL run failed", error=f"{type(error).__name__}: {error}",
-            **embedded_metrics({"RunFailed": (1, "Count")}, FUNCTION_DIMENSION))  # fmt: skip
+        failure_metrics = embedded_metrics({"RunFailed": (1, "Count")}, FUNCTION_DIMENSION)
+        log(
+            LOGGER,
+            logging.ERROR,
+            "ETL run failed",
+            error=f"{type(error).__name__}: {error}",
+            **failure_metrics,
+        )
         raise
 
     summary = report.as_dict()
@@ -165,10 +171,18 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         "EventsLoaded": (report.events_loaded, "Count"),
         "DuplicatesSkipped": (report.duplicates_skipped, "Count"),
         "RejectedLines": (report.rejected_lines, "Count"),
+        "IsolatedLines": (report.isolated_lines, "Count"),
+        "AbandonedRuns": (report.abandoned_runs, "Count"),
         "PendingObjects": (report.pending_objects, "Count"),
         "LagSeconds": (report.lag_seconds or 0.0, "Seconds"),
         "RunFailed": (0, "Count"),
     }
-    log(LOGGER, logging.INFO, f"ETL run {report.status}", **summary,
-        **embedded_metrics(metrics, FUNCTION_DIMENSION))  # fmt: skip
+    # A constant message, the outcome in "status": log queries filter on fields, not on text.
+    log(
+        LOGGER,
+        logging.INFO,
+        "ETL run finished",
+        **summary,
+        **embedded_metrics(metrics, FUNCTION_DIMENSION),
+    )
     return summary

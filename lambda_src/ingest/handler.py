@@ -3,8 +3,10 @@
 A request carries one event (a JSON object) or a batch (a JSON array of 1 to 500 objects), sent as
 ``application/json``, or as ``text/plain``: what ``navigator.sendBeacon`` sends with a string body,
 which spares the browser a CORS preflight. Every event must satisfy ``definitions/incomingEvent``
-of files/contract/clickstream-event.schema.json. A request is accepted or refused as a whole: one
-invalid event refuses the batch, and then nothing is written.
+of files/contract/clickstream-event.schema.json, and hold only what the ETL can load
+(``raw_format.unstorable_value``: no U+0000, which PostgreSQL text cannot hold, and no integer
+that orjson cannot read exactly). A request is accepted or refused as a whole: one invalid event
+refuses the batch, and then nothing is written.
 
 Raw objects
 -----------
@@ -19,31 +21,45 @@ event, in the order sent, each a line of compact JSON ending in ``\\n``. A raw r
 ``definitions/rawRecord`` of the contract:
 
     record_version  1. A new layout gets a new number, so that old objects stay readable.
-    event_id        lower-case UUID: the one the client sent (``eventId`` in the tracker shape,
-                    ``event_id`` in the warehouse shape), so that a retried request can be
-                    deduplicated downstream; a new random UUID when it sent none.
+    event_id        lower-case UUID: the id the client sent (``eventId`` in the tracker shape,
+                    ``event_id`` in the warehouse shape), or the UUIDv5 of an id that is no UUID
+                    (``mapping.event_uuid``), so that a retried request can be deduplicated
+                    downstream; a new random UUID when it sent none.
     received_at     when API Gateway received the request (``requestContext.timeEpoch``), UTC,
                     milliseconds, e.g. ``2025-12-01T10:15:00.123Z``; the same on every line of an
-                    object. The ETL takes it as the event time when the client sent no time, or
-                    an implausible one.
+                    object. The Lambda's own clock stands in for a timeEpoch that is missing, not
+                    an integer, or more than RECEIVE_TIME_TOLERANCE from it (logged as a WARNING),
+                    so that no request writes a partition the ETL has passed or will not reach.
+                    The ETL takes it as the event time when the client sent no time, or an
+                    implausible one.
     request_id      API Gateway's request id (Lambda's when absent): finds the request's log line.
     user_agent      the browser's User-Agent (cut at the contract's 1024 characters), or null.
-    event           the event exactly as the client sent it, unknown fields included.
+    event           the event as the client sent it, unknown fields included, except for the
+                    redacted query parameters of its URLs (below).
 
 For example (one line, shortened):
 
     {"record_version":1,"event_id":"5f0c...","received_at":"2025-12-01T10:15:00.123Z",
     "request_id":"c6af9ac6-...","user_agent":"Mozilla/5.0 ...","event":{"eventName":"page_view"}}
 
+Privacy
+-------
+Query parameters named in ``INGEST_REDACTED_QUERY_PARAMETERS`` (comma-separated; unset: the
+default of ``privacy.DEFAULT_REDACTED_QUERY_PARAMETERS``, such as token, code, password, email)
+are removed from ``pageUrl``/``page_url`` and ``referrer`` before the raw record is built, and
+from what a refusal logs. The client's IP address (``requestContext.http.sourceIp``) is never
+read: neither a raw object nor a log line holds it.
+
 Responses
 ---------
 202 ``{"accepted": n, "event_ids": [...]}`` once the object is written. Anything else is JSON
 ``{"error": code, "message": sentence}`` (plus ``problems``, a list of ``{path, reason}``, for
 422) and writes nothing: 405 not POST, 415 neither JSON nor text/plain, 400 a body that is empty,
-not base64, not UTF-8, not JSON, or not an object or non-empty array, 413 more than 1 MiB or
-more than 500 events, 422 events that break the contract, 503 S3 failed (the client may retry).
-Bad input never gets a 5xx; every refusal is one WARNING log line that keeps the first 4 KiB of
-the body.
+not base64, not UTF-8, not JSON, not an object or non-empty array, that holds U+0000
+(``unstorable_character``, naming its JSON pointer) or an integer beyond orjson's exact range
+(``number_out_of_range``), 413 more than 1 MiB or more than 500 events, 422 events that break
+the contract, 503 S3 failed (the client may retry). Bad input never gets a 5xx; every refusal is
+one WARNING log line that keeps the first 4 KiB of the body.
 """
 
 from __future__ import annotations
@@ -56,7 +72,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,7 +80,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from clickstream import contract, logs, mapping, partitions, raw_format
+from clickstream import contract, logs, mapping, partitions, privacy, raw_format
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_EVENTS_PER_REQUEST = 500
@@ -86,6 +102,17 @@ S3_CLIENT_CONFIG = Config(
     connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3}
 )
 METRIC_DIMENSIONS = {"Function": "ingest"}
+
+# Comma-separated query parameter names removed from the events' URLs before anything is stored;
+# "" removes none. Unset (tests, a function deployed by hand): privacy's default list.
+REDACTED_QUERY_PARAMETERS_VARIABLE = "INGEST_REDACTED_QUERY_PARAMETERS"
+
+# API Gateway's receive time names the hour partition the ETL loads. A time far from the Lambda's
+# own clock would write a partition no scheduled run reads until then (events/2099/... stalls the
+# ETL's "newest loaded hour" forever) or one it has passed, so beyond this it is not believed and
+# the Lambda's clock is used. Both clocks are NTP-synced AWS hosts: minutes apart is a fault.
+RECEIVE_TIME_TOLERANCE = timedelta(minutes=5)
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 logger = logs.get_logger("clickstream.ingest")
 
@@ -116,23 +143,55 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         s3_client=default_s3_client(),
         bucket=os.environ["RAW_BUCKET"],
         aws_request_id=getattr(context, "aws_request_id", None),
+        server_time=datetime.now(UTC),
+        redacted_query_parameters=privacy.parse_redacted_names(
+            os.environ.get(REDACTED_QUERY_PARAMETERS_VARIABLE)
+        ),
     )
 
 
 def handle_request(
-    event: dict[str, Any], *, s3_client: Any, bucket: str, aws_request_id: str | None = None
+    event: dict[str, Any],
+    *,
+    s3_client: Any,
+    bucket: str,
+    aws_request_id: str | None = None,
+    server_time: datetime | None = None,
+    redacted_query_parameters: Collection[str] = privacy.DEFAULT_REDACTED_QUERY_PARAMETERS,
 ) -> dict[str, Any]:
-    """Validate one API Gateway request and write its events as one raw object to ``bucket``."""
+    """Validate one API Gateway request and write its events as one raw object to ``bucket``.
+
+    ``server_time`` is the Lambda's clock when the request arrived: API Gateway's timeEpoch is
+    believed only within RECEIVE_TIME_TOLERANCE of it. Without it (an in-process caller that
+    replays history, such as tools/synthetic_shop.py write-raw) any representable timeEpoch is.
+    ``redacted_query_parameters`` are lower-case names, as privacy.parse_redacted_names gives.
+    """
     request_context = event.get("requestContext") or {}
     request_id = request_context.get("requestId") or aws_request_id
     if request_id is not None:
         request_id = str(request_id)[:REQUEST_ID_MAX_CHARS]
-    received_at = _received_at(request_context.get("timeEpoch"))
+    time_epoch_ms = request_context.get("timeEpoch")
+    received_at, distrust = _received_at(time_epoch_ms, server_time)
+    if distrust:
+        logs.log(
+            logger,
+            logging.WARNING,
+            "receive time not believed",
+            reason=distrust,
+            time_epoch_ms=time_epoch_ms,
+            received_at=mapping.format_timestamp(received_at),
+            request_id=request_id,
+        )
     try:
-        records = _raw_records(event, received_at=received_at, request_id=request_id)
+        records = _raw_records(
+            event,
+            received_at=received_at,
+            request_id=request_id,
+            redacted_query_parameters=redacted_query_parameters,
+        )
         body = _raw_object(records)
     except RequestRejected as rejection:
-        _log_rejection(rejection, event, request_id)
+        _log_rejection(rejection, event, request_id, redacted_query_parameters)
         return _error_response(
             rejection.status,
             rejection.error,
@@ -181,9 +240,17 @@ def handle_request(
 
 
 def _raw_records(
-    event: dict[str, Any], *, received_at: datetime, request_id: str | None
+    event: dict[str, Any],
+    *,
+    received_at: datetime,
+    request_id: str | None,
+    redacted_query_parameters: Collection[str],
 ) -> list[dict[str, Any]]:
-    """The raw records of an acceptable request; RequestRejected says why one is not."""
+    """The raw records of an acceptable request; RequestRejected says why one is not.
+
+    Only what the record is made of is read from the request: never ``requestContext.http``'s
+    sourceIp, which is personal data the platform has no use for.
+    """
     http = (event.get("requestContext") or {}).get("http") or {}
     headers = {str(name).lower(): value for name, value in (event.get("headers") or {}).items()}
     _require_post(http.get("method"))
@@ -193,7 +260,10 @@ def _raw_records(
     user_agent = _user_agent(http.get("userAgent") or headers.get("user-agent"))
     records = [
         mapping.new_raw_record(
-            incoming, received_at=received_at, request_id=request_id, user_agent=user_agent
+            privacy.redact_event_urls(incoming, redacted_query_parameters),
+            received_at=received_at,
+            request_id=request_id,
+            user_agent=user_agent,
         )
         for incoming in events
     ]
@@ -266,11 +336,25 @@ def _parse_events(body: bytes) -> tuple[list[Any], bool]:
             400, "invalid_encoding", f"The body is not UTF-8 text: {error}."
         ) from None
     try:
-        document = json.loads(text, parse_float=_finite_float, parse_constant=_reject_constant)
+        document = json.loads(
+            text,
+            parse_int=raw_format.exact_integer,
+            parse_float=_finite_float,
+            parse_constant=_reject_constant,
+        )
+    except raw_format.IntegerOutOfRange as error:
+        raise RequestRejected(
+            400, "number_out_of_range", f"The body cannot be stored: {error}."
+        ) from None
     except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
         raise RequestRejected(
             400, "invalid_json", f"The body is not valid JSON: {error}."
         ) from None
+    # Only a body that spells U+0000 (JSON has no other way) is walked: most never pay for it.
+    if raw_format.NUL_ESCAPE in text and (unstorable := raw_format.unstorable_value(document)):
+        raise RequestRejected(
+            400, "unstorable_character", f"The body cannot be stored: {unstorable}."
+        )
     if isinstance(document, dict):
         return [document], False
     if not isinstance(document, list):
@@ -338,11 +422,29 @@ def _require_valid_records(records: list[dict[str, Any]], is_batch: bool) -> Non
         )
 
 
-def _received_at(time_epoch_ms: Any) -> datetime:
-    # API Gateway's receive time, exact to the millisecond (no float division).
-    if isinstance(time_epoch_ms, int) and not isinstance(time_epoch_ms, bool):
-        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=time_epoch_ms)
-    return datetime.now(UTC)
+def _received_at(time_epoch_ms: Any, server_time: datetime | None) -> tuple[datetime, str | None]:
+    """The receive time of a request, and why API Gateway's ``timeEpoch`` was not believed
+    (None when it was): absent or not an integer, beyond the calendar, or further than
+    RECEIVE_TIME_TOLERANCE from ``server_time`` (when given), which then stands in for it."""
+    server_clock = server_time or datetime.now(UTC)
+    if time_epoch_ms is None:
+        return server_clock, "the request context has no timeEpoch"
+    if not isinstance(time_epoch_ms, int) or isinstance(time_epoch_ms, bool):
+        return server_clock, "timeEpoch is not an integer of milliseconds"
+    try:
+        # Exact to the millisecond (no float division).
+        api_gateway_time = UNIX_EPOCH + timedelta(milliseconds=time_epoch_ms)
+    except OverflowError:
+        return server_clock, "timeEpoch lies beyond the calendar"
+    if server_time is not None:
+        lead = api_gateway_time - server_time
+        if abs(lead) > RECEIVE_TIME_TOLERANCE:
+            direction = "ahead of" if lead > timedelta(0) else "behind"
+            return server_clock, (
+                f"timeEpoch is {abs(lead)} {direction} the Lambda's clock, "
+                f"more than the {RECEIVE_TIME_TOLERANCE} tolerated"
+            )
+    return api_gateway_time, None
 
 
 def _user_agent(value: Any) -> str | None:
@@ -387,19 +489,34 @@ def _body_excerpt(event: dict[str, Any]) -> tuple[str, int]:
     return body[:LOGGED_BODY_BYTES].decode("utf-8", "replace"), len(body)
 
 
-def _log_rejection(rejection: RequestRejected, event: dict[str, Any], request_id: Any) -> None:
+def _log_rejection(
+    rejection: RequestRejected,
+    event: dict[str, Any],
+    request_id: Any,
+    redacted_query_parameters: Collection[str],
+) -> None:
+    """One WARNING line: why, and what was sent. The body and the problems (which quote values)
+    lose the redacted query parameters too, so a refused request leaks no more than a stored one.
+    The request's sourceIp, like the rest of requestContext, is not logged."""
+
+    def redacted(text: str) -> str:
+        return privacy.redact_query_parameters_in_text(text, redacted_query_parameters)
+
     excerpt, body_bytes = _body_excerpt(event)
     fields: dict[str, Any] = {
         "status": rejection.status,
         "error": rejection.error,
         "reason": rejection.message,
         "request_id": request_id,
-        "body": excerpt,
+        "body": redacted(excerpt),
         "body_bytes": body_bytes,
         "body_truncated": body_bytes > LOGGED_BODY_BYTES,
     }
     if rejection.problems:
-        fields["problems"] = _problem_dicts(rejection.problems[:LOGGED_PROBLEMS])
+        fields["problems"] = [
+            {"path": problem["path"], "reason": redacted(problem["reason"])}
+            for problem in _problem_dicts(rejection.problems[:LOGGED_PROBLEMS])
+        ]
         fields["problem_count"] = len(rejection.problems)
     fields.update(logs.embedded_metrics({"RejectedRequests": (1, "Count")}, METRIC_DIMENSIONS))
     logs.log(logger, logging.WARNING, "request rejected", **fields)

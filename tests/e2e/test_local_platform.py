@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,14 @@ SHOP_VISIT = [
     "add_to_cart_click", "page_view", "checkout_start", "checkout_complete",
 ]  # fmt: skip
 SYNTHETIC_SEED, SYNTHETIC_SESSIONS = 5, 25
+# The body of issue 12's curl: accepted, then it failed every ETL run ("unquoted carriage return").
+LONE_CARRIAGE_RETURN_EVENT = {
+    "eventName": "page_view",
+    "pageUrl": "https://shop.example.vn/a\rb",
+    "clientId": "c1",
+    "sessionId": "e2e-carriage-return",
+    "isFirstVisit": True,
+}
 REPORTING_TIME_ZONE = ZoneInfo("Asia/Ho_Chi_Minh")  # dwh_schema_reporting_time_zone
 FUNNEL_STEPS = ("product_view", "add_to_cart_click", "checkout_start", "checkout_complete")
 RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
@@ -220,6 +229,16 @@ def test_shop_clicks_and_synthetic_traffic_land_in_the_warehouse_exactly_once(
     screenshot(browser, "shop-after-order")
     assert browser.execute_script("return window.shopTracker.failures") == 0
 
+    # The request that once stopped all loading (issue 12): a lone carriage return in a URL.
+    request = urllib.request.Request(  # noqa: S310 - the local platform's loopback URL
+        settings.ingest_url,
+        data=json.dumps([LONE_CARRIAGE_RETURN_EVENT]).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        assert response.status == 202
+
     # A known synthetic batch, through the traffic command (over HTTP to the same URL).
     traffic = subprocess.run(
         [str(cli.BIN / "python"), "-m", "tools.local_platform", "traffic",
@@ -232,7 +251,7 @@ def test_shop_clicks_and_synthetic_traffic_land_in_the_warehouse_exactly_once(
 
     report = run_etl()
     assert report["status"] == "succeeded", report
-    expected_total = len(SHOP_VISIT) + len(synthetic)
+    expected_total = len(SHOP_VISIT) + 1 + len(synthetic)
     assert (report["events_loaded"], report["rejected_lines"]) == (expected_total, 0), report
     assert report["duplicates_skipped"] == 0
     # A second run finds nothing new: no event is loaded twice.
@@ -248,6 +267,12 @@ def test_shop_clicks_and_synthetic_traffic_land_in_the_warehouse_exactly_once(
     visit = sorted(
         (row for row in rows if row[0] not in sent), key=lambda row: SHOP_VISIT.index(row[1])
     )
+    carriage_return = [row for row in rows if row[2] == LONE_CARRIAGE_RETURN_EVENT["sessionId"]]
+    stored_url = "SELECT page_url FROM clickstream_events WHERE event_id = %s"
+    assert query(warehouse, stored_url, (carriage_return[0][0],)) == [
+        (LONE_CARRIAGE_RETURN_EVENT["pageUrl"],)
+    ]
+    visit = [row for row in visit if row not in carriage_return]
     assert Counter(name for _, name, _ in visit) == Counter(SHOP_VISIT)
     assert len({session for _, _, session in visit}) == 1
     visit_session = visit[0][2]
@@ -255,6 +280,7 @@ def test_shop_clicks_and_synthetic_traffic_land_in_the_warehouse_exactly_once(
     # Sessions: one per session id, with the counts of its events.
     expected_sessions = Counter(event["sessionId"] for event in synthetic)
     expected_sessions[visit_session] = len(SHOP_VISIT)
+    expected_sessions[LONE_CARRIAGE_RETURN_EVENT["sessionId"]] = 1
     sessions = dict(query(warehouse, "SELECT session_id, events FROM sessions"))
     assert sessions == dict(expected_sessions)
     assert query(
