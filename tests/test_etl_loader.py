@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from clickstream import loader, raw_store
+from clickstream import load_batch, loader, raw_store, warehouse_writer
 from clickstream.mapping import WAREHOUSE_COLUMNS
 from clickstream.partitions import hour_prefix, hours_between
 from clickstream.raw_store import RawObject
@@ -172,10 +172,10 @@ def test_an_object_whose_load_crashed_before_commit_is_loaded_whole_next_time(
     crashing_run = f"""
 import json, os, signal, sys
 from datetime import datetime
-from clickstream import loader, warehouse
+from clickstream import loader, warehouse, warehouse_writer
 def crash(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
-loader.execute_values = crash
+warehouse_writer.execute_values = crash
 settings = warehouse.WarehouseSettings(**json.loads(sys.argv[1]))
 connection = warehouse.connect(settings, settings.password, "crash-test")
 import boto3
@@ -212,26 +212,28 @@ def test_a_run_interrupted_between_objects_keeps_what_it_committed_and_the_next_
 ):
     s3 = aws.client("s3")
     put_one_object_per_minute(s3, raw_bucket, 6, 10)
-    monkeypatch.setattr(loader, "CHUNK_TARGET_LINES", 10)  # one object per transaction
+    monkeypatch.setattr(load_batch, "CHUNK_TARGET_LINES", 10)  # one object per transaction
     transactions = []
-    original_load_chunk = loader._load_chunk
+    original_load_chunk = warehouse_writer.load_chunk
 
-    def kill_the_connection_before_the_third_transaction(connection, prepared, report):
+    def kill_the_connection_before_the_third_transaction(connection, prepared, **options):
         transactions.append(prepared)
         if len(transactions) == 3:
             warehouse.query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE usename = 'clickstream_etl' AND pid <> pg_backend_pid()"
             )
-        return original_load_chunk(connection, prepared, report)
+        return original_load_chunk(connection, prepared, **options)
 
-    monkeypatch.setattr(loader, "_load_chunk", kill_the_connection_before_the_third_transaction)
+    monkeypatch.setattr(
+        warehouse_writer, "load_chunk", kill_the_connection_before_the_third_transaction
+    )
     with pytest.raises(psycopg2.OperationalError):
         scheduled(warehouse, aws, raw_bucket)
     assert warehouse.scalar("SELECT count(*) FROM etl_loaded_objects") == 2
     assert warehouse.scalar("SELECT count(*) FROM clickstream_events") == 20
 
-    monkeypatch.setattr(loader, "_load_chunk", original_load_chunk)
+    monkeypatch.setattr(warehouse_writer, "load_chunk", original_load_chunk)
     report = scheduled(warehouse, aws, raw_bucket)
 
     assert (report.objects, report.events_loaded) == (4, 40)
@@ -391,7 +393,9 @@ def test_an_event_written_outside_the_run_lock_is_skipped_not_fatal(
         (records[1]["event_id"],),
     )
     # As if the row had been written after the loader looked for existing event ids.
-    monkeypatch.setattr(loader, "_EXISTING_EVENT_IDS", "SELECT NULL::text WHERE %s::text[] IS NULL")
+    monkeypatch.setattr(
+        warehouse_writer, "_EXISTING_EVENT_IDS", "SELECT NULL::text WHERE %s::text[] IS NULL"
+    )
 
     report = scheduled(warehouse, aws, raw_bucket)
 
@@ -404,7 +408,7 @@ def test_a_run_out_of_time_stops_between_transactions_and_the_next_carries_on(
 ):
     s3 = aws.client("s3")
     put_one_object_per_minute(s3, raw_bucket, 3, 4)
-    monkeypatch.setattr(loader, "CHUNK_TARGET_LINES", 4)  # one object per transaction
+    monkeypatch.setattr(load_batch, "CHUNK_TARGET_LINES", 4)  # one object per transaction
     connection = warehouse.etl_connection()
     try:
         out_of_time = loader.run_scheduled(

@@ -32,7 +32,7 @@ from typing import Any
 
 from clickstream import contract, mapping, partitions, privacy, raw_format
 
-# Records per raw object: what the loader takes in one transaction (loader.CHUNK_TARGET_LINES).
+# Records per raw object: what the loader takes in one transaction (load_batch.CHUNK_TARGET_LINES).
 RECORDS_PER_OBJECT = 10_000
 
 
