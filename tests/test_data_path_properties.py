@@ -740,11 +740,11 @@ def assert_the_data_path_keeps(
     return [accepted for accepted in (sent, neighbour) if accepted.status == 202], report
 
 
-# --- the property ----------------------------------------------------------------------------
+# --- the properties --------------------------------------------------------------------------
 
-
-@settings(
-    max_examples=40,
+# Each example sends real requests and runs the real ETL (about half a second), so few examples,
+# no deadline; the fixtures are per test, and start_afresh makes each example independent.
+END_TO_END = settings(
     deadline=None,
     print_blob=True,
     suppress_health_check=[
@@ -754,6 +754,9 @@ def assert_the_data_path_keeps(
         HealthCheck.filter_too_much,
     ],
 )
+
+
+@settings(END_TO_END, max_examples=40)
 @given(request=client_requests())
 def test_whatever_the_ingest_accepts_loads_or_is_kept_as_a_reject_and_blocks_nothing(
     warehouse, aws, raw_bucket, request
@@ -763,17 +766,7 @@ def test_whatever_the_ingest_accepts_loads_or_is_kept_as_a_reject_and_blocks_not
     assert_the_data_path_keeps(warehouse, s3, raw_bucket, request)
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.filter_too_much,
-    ],
-)
+@settings(END_TO_END, max_examples=15)
 @given(request=client_requests())
 def test_a_forced_reload_of_whatever_was_loaded_changes_nothing(
     warehouse, aws, raw_bucket, request
@@ -792,10 +785,10 @@ def test_a_forced_reload_of_whatever_was_loaded_changes_nothing(
 
     _note(f"forced reload: {forced.as_dict()}")
     assert forced.status == "succeeded", f"the forced reload {forced.status}: {forced.detail}"
+    for sent in accepted:  # first: a changed row is named, with the values that changed
+        assert_loaded_or_rejected(warehouse, sent, event_columns(warehouse))
     assert (forced.events_loaded, forced.events_updated) == (0, 0), forced.as_dict()
     assert forced.rejected_lines == scheduled.rejected_lines, forced.as_dict()
-    for sent in accepted:
-        assert_loaded_or_rejected(warehouse, sent, event_columns(warehouse))
 
 
 # --- the cases that were reported ------------------------------------------------------------

@@ -701,3 +701,24 @@ def test_unparsable_order_facts_are_counted_in_the_run(warehouse, aws, raw_bucke
     assert warehouse.query("SELECT order_id, order_total FROM clickstream_events") == [
         ("o-1", None)
     ]
+
+
+def test_a_forced_reload_keeps_the_stored_copy_of_an_event_repeated_within_one_request(
+    warehouse, aws, raw_bucket
+):
+    # One request holding each event twice (a tracker that resent its queue within a batch):
+    # both copies share the receive time, and the load stores the first.
+    firsts = events_in(HOUR_1, 40)
+    repeats = [
+        {**r, "event": {**r["event"], "pageUrl": "https://x.example/repeat"}} for r in firsts
+    ]
+    put_raw_object(aws.client("s3"), raw_bucket, firsts + repeats, HOUR_1)
+    scheduled(warehouse, aws, raw_bucket)
+    before = warehouse.query("SELECT * FROM clickstream_events ORDER BY event_id")
+
+    reloads = [window(warehouse, aws, raw_bucket, HOUR_1, HOUR_1, force=True) for _ in range(3)]
+
+    assert [(r.events_loaded, r.events_updated) for r in reloads] == [(0, 0)] * 3
+    assert warehouse.query("SELECT * FROM clickstream_events ORDER BY event_id") == before
+    repeated_url = "SELECT count(*) FROM clickstream_events WHERE page_url = %s"
+    assert warehouse.scalar(repeated_url, ("https://x.example/repeat",)) == 0

@@ -10,10 +10,16 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
-from clickstream.mapping import EVENT_ID, EVENT_TIMESTAMP, RejectedLine, parse_raw_line
+from clickstream.mapping import (
+    EVENT_ID,
+    EVENT_TIMESTAMP,
+    RECEIVED_AT,
+    RejectedLine,
+    parse_raw_line,
+)
 from clickstream.raw_store import RawObject
 
 # A transaction holds whole objects up to about this many lines, bounding memory and the work a
@@ -110,13 +116,26 @@ def prepare_chunk(chunk: list[tuple[RawObject, bytes | None]], run_id: str) -> P
 
 def _first_of_each_event(rows: list[tuple]) -> list[int]:
     """The indexes of the first row of each event_id."""
-    seen: set[str] = set()
-    unique = []
+    return _first_indexes(rows, lambda row: row[EVENT_ID])
+
+
+def first_copy_of_each_receive(prepared: PreparedChunk) -> tuple[list[tuple], list[tuple]]:
+    """The rows (and their origins) a forced reload stages: of each event, the first copy of
+    each receive time. Copies received at the same moment (repeats within one request) are not
+    told apart by the database's choice, so the one a load would store, the first, is kept."""
+    indexes = _first_indexes(prepared.rows, lambda row: (row[EVENT_ID], row[RECEIVED_AT]))
+    return [prepared.rows[i] for i in indexes], [prepared.origins[i] for i in indexes]
+
+
+def _first_indexes(rows: list[tuple], key: Callable[[tuple], Hashable]) -> list[int]:
+    seen: set = set()
+    first = []
     for index, row in enumerate(rows):
-        if row[EVENT_ID] not in seen:
-            seen.add(row[EVENT_ID])
-            unique.append(index)
-    return unique
+        row_key = key(row)
+        if row_key not in seen:
+            seen.add(row_key)
+            first.append(index)
+    return first
 
 
 def csv_of(rows: Iterable[tuple]) -> io.StringIO:

@@ -21,7 +21,12 @@ import psycopg2.errors
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from clickstream.load_batch import PreparedChunk, csv_of, storable_text
+from clickstream.load_batch import (
+    PreparedChunk,
+    csv_of,
+    first_copy_of_each_receive,
+    storable_text,
+)
 from clickstream.mapping import EVENT_ID, WAREHOUSE_COLUMNS
 
 if TYPE_CHECKING:
@@ -286,9 +291,10 @@ def _copy_new_events(cursor, prepared: PreparedChunk) -> tuple[int, list[tuple]]
 
 
 def _upsert_through_staging(cursor, prepared: PreparedChunk) -> tuple[int, int, list[tuple]]:
-    """Stage every copy of the chunk's events and rewrite what changed; (inserted, updated,
+    """Stage every receive of the chunk's events and rewrite what changed; (inserted, updated,
     rejects of rows PostgreSQL refused)."""
-    isolated = _copy_rows(cursor, _COPY_TO_STAGING, prepared, prepared.rows, prepared.origins)
+    rows, origins = first_copy_of_each_receive(prepared)
+    isolated = _copy_rows(cursor, _COPY_TO_STAGING, prepared, rows, origins)
     cursor.execute(_MARK_HOURS_LEFT_DIRTY)
     cursor.execute(_UPSERT_EVENTS)
     inserted, updated = cursor.fetchone()
