@@ -355,7 +355,7 @@ def parse_raw_line(
         reasons = "; ".join(str(p) for p in contract.problems(record, contract.RAW_RECORD))
         return RejectedLine(line_number, f"breaks the contract: {reasons}", line)
     # JSON spells U+0000 only as this escape; most lines never pay for the walk.
-    if "\\u0000" in line:
+    if raw_format.NUL_ESCAPE in line:
         unstorable = raw_format.unstorable_value(record)
         if unstorable:
             return RejectedLine(line_number, unstorable, line)
