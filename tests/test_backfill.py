@@ -1,21 +1,32 @@
 """Backfills: the clickstream_backfill module, alone and through playbooks/backfill.yml.
 
-The integration tests run the real playbook with ansible-playbook against moto S3 and a real
-PostgreSQL, in the module's direct mode (the same load code as Lambda ETL). Its lambda mode
-cannot run here: moto stores Lambda code but runs it only in Docker, which these machines lack.
+The integration tests run the real playbook with ansible-playbook, as an operator runs it on the
+controller: the module invokes Lambda ETL's window run for each chunk of hours. The function is
+deployed once, by the platform's own stages, to a moto server of this module, and runs from its
+deployed zip in the local Lambda runtime (tools/local_platform/runtime.py), which serves Lambda's
+Invoke API for what moto stores but cannot run. The playbook's Lambda client is pointed at the
+runtime (botocore's AWS_ENDPOINT_URL_LAMBDA) while S3 and SSM stay on moto; the function reaches a
+real PostgreSQL through the environment the stage gave it (DWH_HOST, DWH_PORT, DWH_DATABASE, the
+password's SSM parameter).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from clickstream import loader
+from plugins.module_utils import clickstream_backfill as backfill_logic
 from plugins.module_utils.clickstream_backfill import (
     BackfillError,
     chunks,
@@ -24,15 +35,25 @@ from plugins.module_utils.clickstream_backfill import (
     totals,
     window_hours,
 )
-from tests.fixtures.ansible import extra_vars, run_playbook
-from tests.fixtures.aws import REGION, aws_environment
+from tests.fixtures.ansible import REPO_ROOT, extra_vars, run_playbook
+from tests.fixtures.aws import REGION, MotoServer, account_of_its_own, aws_environment
+from tests.fixtures.processes import free_loopback_port, port_answers, wait_until
+from tests.fixtures.warehouse import TEMPLATE_DATABASE, Warehouse
 from tests.raw_events import put_raw_bytes, put_raw_object, raw_record, tracker_event
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+MODULE_PATH = REPO_ROOT / "plugins/modules/clickstream_backfill.py"
 WEEK_START = datetime(2025, 12, 1, tzinfo=UTC)
 WEEK_HOURS = 7 * 24
 EVENTS_PER_OBJECT = 5
-PASSWORD_PARAMETER = "/test/warehouse/etl-writer-password"
+# The stages Lambda ETL needs: its subnet and security group, its role, the DWH host whose
+# address it would be given (lambdas_etl_dwh_host overrides it), and the function itself.
+DEPLOY_STAGES = "network,security_groups,iam,compute,lambdas"
+# What the local inventory names them: storage_raw_bucket_name and
+# secrets_etl_writer_password_parameter, the function's RAW_BUCKET and DWH_PASSWORD_PARAM.
+RAW_BUCKET = "clickstream-s3-ingest"
+PASSWORD_PARAMETER = "/clickstream/local/warehouse/etl-writer-password"
+# The database the deployed function loads into (its DWH_DATABASE), made afresh for each test.
+BACKFILL_DATABASE = "clickstream_dw_backfill"
 
 
 # --- the pure logic -------------------------------------------------------------------------
@@ -107,57 +128,163 @@ def test_totals_add_up_every_chunk():
     }
 
 
-# --- through the playbook ---------------------------------------------------------------------
+# --- the module's contract: argument_spec mirrors DOCUMENTATION --------------------------------
 
 
 @pytest.fixture
-def week_of_raw_objects(warehouse, aws, raw_bucket):
+def module_source(monkeypatch: pytest.MonkeyPatch):
+    """The module's Python source, imported the way Ansible runs it: its module_utils appear
+    under ansible.module_utils."""
+    monkeypatch.setitem(sys.modules, "ansible.module_utils.clickstream_backfill", backfill_logic)
+    spec = importlib.util.spec_from_file_location("clickstream_backfill", MODULE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_argument_spec_mirrors_documentation(module_source):
+    documented = yaml.safe_load(module_source.DOCUMENTATION)["options"]
+    assert {
+        name: (doc.get("type", "str"), doc.get("required", False), doc.get("default"))
+        for name, doc in documented.items()
+    } == {
+        name: (option["type"], option.get("required", False), option.get("default"))
+        for name, option in module_source.build_argument_spec().items()
+    }
+
+
+def test_examples_and_return_are_yaml(module_source):
+    assert isinstance(yaml.safe_load(module_source.EXAMPLES), list)
+    assert "resume_from" in yaml.safe_load(module_source.RETURN)
+
+
+# --- through the playbook and the deployed function ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A moto server for this module alone (the function is deployed to it once), with AWS's
+    managed IAM policies that the IAM stage attaches."""
+    with account_of_its_own(tmp_path_factory.mktemp("backfill-moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def deployed_etl(emulator, postgres, migrated_template, tmp_path_factory) -> Path:
+    """Lambda ETL deployed by the platform's stages, pointed at this session's PostgreSQL, with
+    its password in SSM and its raw bucket; returns the folder of the deployed zips."""
+    temp_dir = tmp_path_factory.mktemp("backfill-deploy")
+    build_dir = temp_dir / "lambda-build"
+    deployment = run_playbook(
+        "site.yml", "-i", "inventories/local", "--tags", DEPLOY_STAGES,
+        *extra_vars({
+            "lambdas_build_dir": str(build_dir),
+            "lambdas_etl_dwh_host": "127.0.0.1",
+            "warehouse_port": postgres.port,
+            "warehouse_database": BACKFILL_DATABASE,
+        }),
+        environment=aws_environment(emulator.endpoint_url),
+        temp_dir=temp_dir,
+    )  # fmt: skip
+    assert deployment.returncode == 0, deployment.explain()
+    # Not the secrets and storage stages: the password is the test cluster's login's, and the
+    # storage stage's TLS-only bucket policy would refuse every request under plain moto (it
+    # counts a condition it cannot evaluate as a Deny; tools/local_platform/emulator.py).
+    emulator.client("ssm").put_parameter(
+        Name=PASSWORD_PARAMETER, Value=migrated_template.etl, Type="SecureString"
+    )
+    emulator.client("s3").create_bucket(
+        Bucket=RAW_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    return build_dir
+
+
+@pytest.fixture(scope="module")
+def lambda_invoke_url(emulator, deployed_etl, tmp_path_factory) -> Iterator[str]:
+    """The local Lambda runtime serving the deployed function's Invoke API."""
+    state_dir = tmp_path_factory.mktemp("backfill-runtime")
+    invoke_port = free_loopback_port()
+    argv = [
+        sys.executable, "-m", "tools.local_platform.runtime",
+        f"--endpoint-url={emulator.endpoint_url}", f"--region={REGION}",
+        f"--build-dir={deployed_etl}", f"--state-dir={state_dir}",
+        f"--invoke-port={invoke_port}", f"--api-port={free_loopback_port()}",
+    ]  # fmt: skip
+    with (state_dir / "runtime.log").open("wb") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **aws_environment(emulator.endpoint_url)},
+        )
+    try:
+        wait_until(lambda: port_answers(invoke_port), f"Lambda runtime on port {invoke_port}")
+        yield f"http://127.0.0.1:{invoke_port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def backfill_warehouse(postgres, migrated_template) -> Iterator[Warehouse]:
+    """The function's database, made again from the migrated template for each test."""
+    postgres.execute_autocommit(f"CREATE DATABASE {BACKFILL_DATABASE} TEMPLATE {TEMPLATE_DATABASE}")
+    yield Warehouse(postgres, BACKFILL_DATABASE, migrated_template.etl, migrated_template.reader)
+    postgres.execute_autocommit(f"DROP DATABASE {BACKFILL_DATABASE} WITH (FORCE)")
+
+
+@pytest.fixture
+def raw_s3(emulator, deployed_etl):
+    """The raw bucket's client, the bucket emptied of the previous test's objects."""
+    s3 = emulator.client("s3")
+    listed = s3.list_objects_v2(Bucket=RAW_BUCKET).get("Contents", [])
+    if listed:
+        s3.delete_objects(
+            Bucket=RAW_BUCKET, Delete={"Objects": [{"Key": item["Key"]} for item in listed]}
+        )
+    return s3
+
+
+@pytest.fixture
+def week_of_raw_objects(backfill_warehouse, raw_s3) -> Warehouse:
     """One object of five events per hour of a week; the first two days already loaded."""
-    s3 = aws.client("s3")
     for hour in range(WEEK_HOURS):
         received = WEEK_START + timedelta(hours=hour, minutes=10)
         records = [
             raw_record(tracker_event(sessionId=f"s{hour}"), received + timedelta(seconds=second))
             for second in range(EVENTS_PER_OBJECT)
         ]
-        put_raw_object(s3, raw_bucket, records, received)
-    connection = warehouse.etl_connection()
+        put_raw_object(raw_s3, RAW_BUCKET, records, received)
+    connection = backfill_warehouse.etl_connection()
     try:
         loader.run_window(
-            connection, s3, raw_bucket, start=WEEK_START, end=WEEK_START + timedelta(hours=47)
+            connection, raw_s3, RAW_BUCKET, start=WEEK_START, end=WEEK_START + timedelta(hours=47)
         )
     finally:
         connection.close()
-    aws.client("ssm").put_parameter(
-        Name=PASSWORD_PARAMETER, Value=warehouse.etl_password, Type="SecureString"
-    )
-    return warehouse
+    return backfill_warehouse
 
 
 @pytest.fixture
-def backfill(aws, tmp_path):
-    """Runs ansible-playbook playbooks/backfill.yml in direct mode; returns the module's result."""
+def backfill(emulator, lambda_invoke_url, tmp_path):
+    """Runs ansible-playbook playbooks/backfill.yml; returns the module's result."""
 
-    def run(warehouse, *, start, end, check=False, **extra) -> dict:
+    def run(*, start, end, check=False, **extra) -> dict:
         variables = {
             "backfill_start": start,
             "backfill_end": end,
-            "backfill_mode": "direct",
-            "backfill_hosts": "localhost",
             "backfill_chunk_hours": 24,
-            "backfill_library_path": str(REPOSITORY / "lambda_src"),
-            "backfill_dwh_host": "127.0.0.1",
-            "warehouse_port": warehouse.cluster.port,
-            "warehouse_database": warehouse.database,
-            "secrets_etl_writer_password_parameter": PASSWORD_PARAMETER,
-            "aws_region": REGION,
-            "ansible_python_interpreter": sys.executable,
             **extra,
         }
         playbook_run = run_playbook(
             "playbooks/backfill.yml",
             "-i", "inventories/local", *extra_vars(variables), *(["--check"] if check else []),
-            environment=aws_environment(aws.endpoint_url),
+            # Lambda's Invoke API from the runtime; every other service from moto.
+            environment={
+                **aws_environment(emulator.endpoint_url),
+                "AWS_ENDPOINT_URL_LAMBDA": lambda_invoke_url,
+            },
             temp_dir=tmp_path,
         )  # fmt: skip
         [result] = [
@@ -177,7 +304,7 @@ def loaded_events(warehouse) -> int:
 def test_check_mode_reports_exactly_the_unloaded_objects_and_changes_nothing(
     week_of_raw_objects, backfill
 ):
-    result = backfill(week_of_raw_objects, start="2025-12-01T00", end="2025-12-07T23", check=True)
+    result = backfill(start="2025-12-01T00", end="2025-12-07T23", check=True)
     assert result["changed"] is True
     hours = result["hours"]
     assert len(hours) == WEEK_HOURS
@@ -194,8 +321,8 @@ def test_check_mode_reports_exactly_the_unloaded_objects_and_changes_nothing(
 def test_a_backfill_loads_exactly_the_missing_events_and_a_second_run_changes_nothing(
     week_of_raw_objects, backfill
 ):
-    first = backfill(week_of_raw_objects, start="2025-12-01T00", end="2025-12-07T23")
-    second = backfill(week_of_raw_objects, start="2025-12-01T00", end="2025-12-07T23")
+    first = backfill(start="2025-12-01T00", end="2025-12-07T23")
+    second = backfill(start="2025-12-01T00", end="2025-12-07T23")
 
     assert first["changed"] is True
     assert first["totals"]["objects"] == 120
@@ -210,18 +337,14 @@ def test_a_backfill_loads_exactly_the_missing_events_and_a_second_run_changes_no
 
 
 def test_per_hour_chunks_report_each_hour(week_of_raw_objects, backfill):
-    result = backfill(
-        week_of_raw_objects, start="2025-12-03T00", end="2025-12-03T05", backfill_chunk_hours=1
-    )
+    result = backfill(start="2025-12-03T00", end="2025-12-03T05", backfill_chunk_hours=1)
     assert [(r["start"], r["objects"], r["events_loaded"]) for r in result["results"]] == [
         (f"2025-12-03T{hour:02d}", 1, EVENTS_PER_OBJECT) for hour in range(6)
     ]
 
 
 def test_force_reloads_without_changing_the_row_count(week_of_raw_objects, backfill):
-    result = backfill(
-        week_of_raw_objects, start="2025-12-01T00", end="2025-12-01T23", backfill_force=True
-    )
+    result = backfill(start="2025-12-01T00", end="2025-12-01T23", backfill_force=True)
     assert result["changed"] is True
     assert result["totals"]["objects"] == 24
     assert result["totals"]["duplicates_skipped"] == 24 * EVENTS_PER_OBJECT
@@ -229,15 +352,12 @@ def test_force_reloads_without_changing_the_row_count(week_of_raw_objects, backf
 
 
 def test_a_malformed_object_is_reported_and_the_rest_of_the_window_loads(
-    week_of_raw_objects, aws, raw_bucket, backfill
+    week_of_raw_objects, raw_s3, backfill
 ):
     put_raw_bytes(
-        aws.client("s3"),
-        raw_bucket,
-        b"{broken\nnot json either\n",
-        WEEK_START + timedelta(hours=60),
+        raw_s3, RAW_BUCKET, b"{broken\nnot json either\n", WEEK_START + timedelta(hours=60)
     )
-    result = backfill(week_of_raw_objects, start="2025-12-03T00", end="2025-12-03T23")
+    result = backfill(start="2025-12-03T00", end="2025-12-03T23")
     assert result["totals"]["objects"] == 25
     assert result["totals"]["rejected_lines"] == 2
     assert result["totals"]["events_loaded"] == 24 * EVENTS_PER_OBJECT
@@ -245,11 +365,22 @@ def test_a_malformed_object_is_reported_and_the_rest_of_the_window_loads(
 
 
 def test_a_window_larger_than_the_maximum_is_refused(week_of_raw_objects, backfill):
-    result = backfill(week_of_raw_objects, start="2025-12-01T00", end="2025-12-07T23",
-        backfill_max_window_hours=24,
-    )  # fmt: skip
+    result = backfill(start="2025-12-01T00", end="2025-12-07T23", backfill_max_window_hours=24)
     assert result["failed"] is True
     assert "more than max_window_hours=24" in result["msg"]
+
+
+def test_a_function_that_is_not_deployed_fails_the_first_chunk_by_name(
+    week_of_raw_objects, backfill
+):
+    result = backfill(
+        start="2025-12-03T00", end="2025-12-03T23", lambdas_etl_name="clickstream-not-deployed"
+    )
+    assert result["failed"] is True
+    assert result["resume_from"] == "2025-12-03T00"
+    assert "invoking clickstream-not-deployed failed" in result["msg"]
+    assert "ResourceNotFoundException" in result["msg"]
+    assert loaded_events(week_of_raw_objects) == 48 * EVENTS_PER_OBJECT
 
 
 def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
@@ -272,9 +403,7 @@ def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
     stopper = threading.Thread(target=stop_the_database_once_day_four_is_loaded)
     stopper.start()
     try:
-        failed = backfill(
-            warehouse, start="2025-12-03T00", end="2025-12-07T23", backfill_chunk_hours=1
-        )
+        failed = backfill(start="2025-12-03T00", end="2025-12-07T23", backfill_chunk_hours=1)
     finally:
         run_over.set()
         stopper.join()
@@ -283,6 +412,8 @@ def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
 
     assert stopped.is_set(), "the backfill ended before the database could be stopped"
     assert failed["failed"] is True
+    # The function's own error, as Lambda reports it.
+    assert "the ETL function failed" in failed["msg"]
     resume_from = failed["resume_from"]
     assert "2025-12-04T00" <= resume_from <= "2025-12-07T23"
     assert f"run again with start={resume_from}" in failed["msg"]
@@ -296,14 +427,16 @@ def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
         (48 + hours_before + 1) * EVENTS_PER_OBJECT,
     }
 
-    resumed = backfill(warehouse, start=resume_from, end="2025-12-07T23", backfill_chunk_hours=24)
+    resumed = backfill(start=resume_from, end="2025-12-07T23", backfill_chunk_hours=24)
 
     assert not resumed.get("failed"), resumed.get("msg")
     assert resumed["totals"]["duplicates_skipped"] == 0
     assert loaded_events(warehouse) == WEEK_HOURS * EVENTS_PER_OBJECT
 
 
-def test_the_refresh_playbook_recomputes_the_rollups_of_a_range(week_of_raw_objects, tmp_path):
+def test_the_refresh_playbook_recomputes_the_rollups_of_a_range(
+    week_of_raw_objects, emulator, tmp_path
+):
     warehouse = week_of_raw_objects
     warehouse.query("UPDATE rollup_funnel_daily SET sessions = 999 RETURNING 1")
     variables = {
@@ -319,7 +452,8 @@ def test_the_refresh_playbook_recomputes_the_rollups_of_a_range(week_of_raw_obje
     }
     playbook_run = run_playbook(
         "playbooks/refresh_rollups.yml", "-i", "inventories/local", *extra_vars(variables),
-        environment={}, temp_dir=tmp_path,
+        # The local inventory finds its DWH host in the emulated account: this module's moto.
+        environment=aws_environment(emulator.endpoint_url), temp_dir=tmp_path,
     )  # fmt: skip
     assert playbook_run.returncode == 0, playbook_run.explain()
     assert warehouse.query("SELECT day::text, sessions FROM rollup_funnel_daily ORDER BY day") == [

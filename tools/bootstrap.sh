@@ -25,8 +25,9 @@ command -v chromium >/dev/null && command -v chromedriver >/dev/null || missing+
 for package in r-base-core r-cran-shiny r-cran-dbi r-cran-rpostgresql r-cran-ggplot2 r-cran-dt r-cran-bslib; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
-# The role tests boot real systemd hosts: debootstrap + systemd-nspawn, images kept as .tar.zst.
-for need in debootstrap:debootstrap systemd-nspawn:systemd-container zstd:zstd; do
+# The role tests boot real systemd hosts: debootstrap + systemd-nspawn, images kept as .tar.zst;
+# the controller signs the package mirror's snapshots with gpg (playbooks/package_mirror.yml).
+for need in debootstrap:debootstrap systemd-nspawn:systemd-container zstd:zstd gpg:gnupg; do
   command -v "${need%%:*}" >/dev/null || missing+=("${need##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -54,3 +55,11 @@ ensure_venv() {
 
 ensure_venv "$VENV" requirements.txt
 ensure_venv "$SECURITY_VENV" requirements-security.txt
+
+# A real account's DWH host is configured over Session Manager (amazon.aws.aws_ssm), which runs
+# AWS's session-manager-plugin on the controller. AWS's download site cannot be reached from our
+# machines, and the tests and the local platform do not need it (their instance is reached
+# through the nspawn connection): say so rather than install it. README, "Provisioning".
+if ! command -v session-manager-plugin >/dev/null && [ ! -x /usr/local/bin/session-manager-plugin ]; then
+  echo "bootstrap: no session-manager-plugin: needed only to configure a real account's DWH host (README, Provisioning)"
+fi

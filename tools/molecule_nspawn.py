@@ -9,9 +9,25 @@ so only the first run on a machine pays for debootstrap; each instance is a fres
     molecule_nspawn.py create NAME     boot instance NAME, print {"name", "leader_pid", ...}
     molecule_nspawn.py destroy NAME    stop instance NAME and delete its root file system
 
-Instances share the host's network (no --private-network): the scenarios bind each instance's
-services to its own loopback address. The packages that apt downloads inside instances are kept
-in a cache beside the base image, so warm runs download nothing again.
+By default an instance shares the host's network: the scenarios bind each instance's services
+to its own loopback address. The packages that apt downloads inside such instances are kept in
+a cache beside the base image, so warm runs download nothing again.
+
+``create NAME --private-network`` boots an instance with no network but its own loopback (only
+``lo``, no route): the local stand-in for a host in a private subnet without NAT. What it may
+reach, and what may reach it, are links through Unix sockets in a directory of the host
+(MACHINES/NAME/links, printed as "links") bind-mounted into the instance at /run/host-links:
+
+    --reach NAME=PORT    inside, 127.0.0.1:PORT is served by systemd-socket-proxyd, which
+                         connects to /run/host-links/NAME.sock: a host program listening on
+                         that socket (tools/local_platform/links.py) carries it further
+    --expose NAME=PORT   inside, /run/host-links/NAME.sock is served by systemd-socket-proxyd,
+                         which connects to 127.0.0.1:PORT in the instance: a host program
+                         connecting to the socket reaches the instance's loopback service
+
+The socket and service units are written into the root file system before boot (enabled in
+sockets.target) and use the image's own /lib/systemd/systemd-socket-proxyd. Such an instance
+gets no shared apt cache either: whatever apt installs comes through its links.
 
 Must run as root (debootstrap, systemd-nspawn, nsenter).
 """
@@ -30,6 +46,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_DIRECTORY = Path(
@@ -66,6 +83,11 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 BOOT_TIMEOUT_SECONDS = 90
 STOP_TIMEOUT_SECONDS = 60
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Where a private-network instance finds its links' Unix sockets (MACHINES/NAME/links on the host).
+LINKS_MOUNT_POINT = "/run/host-links"
+# systemd's own TCP/Unix socket proxy, in the image's systemd package.
+SOCKET_PROXY = "/lib/systemd/systemd-socket-proxyd"
+LINK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 
 
 def tool(name: str) -> str:
@@ -250,8 +272,74 @@ def wait_until_booted(name: str, nspawn_pid: int) -> int:
     )
 
 
-def create(name: str, suite: str) -> dict:
+@dataclass(frozen=True)
+class Link:
+    """One socket link of a private-network instance (see the module's docstring)."""
+
+    name: str
+    port: int
+    # "reach": the instance's 127.0.0.1:port leads to the host's socket NAME.sock;
+    # "expose": the socket NAME.sock leads to the instance's 127.0.0.1:port.
+    direction: str
+
+    @classmethod
+    def parse(cls, text: str, direction: str) -> Link:
+        name, _, port = text.partition("=")
+        if not LINK_NAME.fullmatch(name) or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r}: NAME=PORT, NAME in lower-case letters, digits and '-'")
+        return cls(name, int(port), direction)
+
+    @property
+    def unit(self) -> str:
+        return f"host-link-{self.name}"
+
+    @property
+    def socket_path(self) -> str:
+        return f"{LINKS_MOUNT_POINT}/{self.name}.sock"
+
+    def unit_files(self) -> dict[str, str]:
+        """The socket unit and the socket-activated proxy service, by file name."""
+        if self.direction == "reach":
+            listen, target = f"127.0.0.1:{self.port}", self.socket_path
+            what = f"127.0.0.1:{self.port} leads to the host's {self.name} ({self.socket_path})"
+            socket_options = ""
+        else:
+            listen, target = self.socket_path, f"127.0.0.1:{self.port}"
+            what = f"{self.socket_path} leads to {self.name} on 127.0.0.1:{self.port}"
+            # Only root (the host's link daemon, through the bind mount) connects; the socket
+            # goes with the unit.
+            socket_options = "SocketMode=0600\nRemoveOnStop=yes\n"
+        header = "# Written by tools/molecule_nspawn.py before boot: a link of this instance.\n"
+        return {
+            f"{self.unit}.socket": (
+                f"{header}[Unit]\nDescription=Link: {what}\n\n"
+                f"[Socket]\nListenStream={listen}\n{socket_options}\n"
+                "[Install]\nWantedBy=sockets.target\n"
+            ),
+            f"{self.unit}.service": (
+                f"{header}[Unit]\nDescription=Link: {what}\n"
+                f"Requires={self.unit}.socket\nAfter={self.unit}.socket\n\n"
+                f"[Service]\nExecStart={SOCKET_PROXY} {target}\nNoNewPrivileges=yes\n"
+            ),
+        }
+
+
+def install_link_units(rootfs: Path, links: tuple[Link, ...]) -> None:
+    """Each link's units in the instance's /etc/systemd/system, enabled as systemctl would."""
+    units = rootfs / "etc/systemd/system"
+    wants = units / "sockets.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    for link in links:
+        for file_name, text in link.unit_files().items():
+            (units / file_name).write_text(text)
+        (wants / f"{link.unit}.socket").symlink_to(f"../{link.unit}.socket")
+
+
+def create(
+    name: str, suite: str, private_network: bool = False, links: tuple[Link, ...] = ()
+) -> dict:
     instance_directory = MACHINES_DIRECTORY / name
+    links_directory = instance_directory / "links"
     found = find_instance(name)
     if found is None:
         image = ensure_base_image(suite)
@@ -259,8 +347,15 @@ def create(name: str, suite: str) -> dict:
         rootfs = instance_directory / "rootfs"
         rootfs.mkdir(parents=True)
         run_tar("-C", str(rootfs), "-xf", str(image))
-        archives = CACHE_DIRECTORY / f"{suite}-apt-archives"
-        (archives / "partial").mkdir(parents=True, exist_ok=True)
+        if private_network:
+            # No shared apt cache: a private instance gets its packages through its links only.
+            links_directory.mkdir(mode=0o700)
+            install_link_units(rootfs, links)
+            network = ["--private-network", f"--bind={links_directory}:{LINKS_MOUNT_POINT}"]
+        else:
+            archives = CACHE_DIRECTORY / f"{suite}-apt-archives"
+            (archives / "partial").mkdir(parents=True, exist_ok=True)
+            network = [f"--bind={archives}:/var/cache/apt/archives"]
         console = (instance_directory / "console.log").open("w")
         nspawn = subprocess.Popen(
             [
@@ -272,7 +367,7 @@ def create(name: str, suite: str) -> dict:
                 "--register=no",
                 "--keep-unit",
                 "--console=read-only",
-                f"--bind={archives}:/var/cache/apt/archives",
+                *network,
             ],
             stdin=subprocess.DEVNULL,
             stdout=console,
@@ -289,12 +384,32 @@ def create(name: str, suite: str) -> dict:
         "nspawn_pid": nspawn_pid,
         "leader_pid": leader,
         "rootfs": str(instance_directory / "rootfs"),
+        "links": str(links_directory) if links_directory.is_dir() else None,
     }
+
+
+def mount_points_under(directory: Path) -> list[str]:
+    """The host's mount points at or below ``directory`` (/proc/self/mountinfo)."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        # Field 5 is the mount point, with space, tab, newline and backslash escaped in octal.
+        point = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), line.split()[4])
+        if point == str(directory) or point.startswith(f"{directory}/"):
+            found.append(point)
+    return found
 
 
 def remove_root(instance_directory: Path) -> None:
     if instance_directory.exists():
-        # --one-file-system: never follow a mount that was left behind into the host.
+        # The instance's bind mounts (apt cache, links) live in its own mount namespace; one
+        # seen here was left by something else, and a bind mount of the same file system is
+        # not something --one-file-system can tell apart: refuse rather than delete through it.
+        mounts = mount_points_under(instance_directory)
+        if mounts:
+            raise RuntimeError(
+                f"not removing {instance_directory}: mounted below it: {', '.join(mounts)}"
+            )
+        # --one-file-system: never follow a mount of another file system into the host.
         subprocess.run(
             [tool("rm"), "-rf", "--one-file-system", str(instance_directory)], check=True
         )
@@ -323,7 +438,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("create", "destroy", "base-image"))
     parser.add_argument("name", nargs="?", help="the instance (machine) name")
     parser.add_argument("--suite", default=SUITE)
+    parser.add_argument(
+        "--private-network",
+        action="store_true",
+        help="create: no network but the instance's own loopback, links through Unix sockets",
+    )
+    parser.add_argument(
+        "--reach",
+        action="append",
+        default=[],
+        metavar="NAME=PORT",
+        help="create: the instance's 127.0.0.1:PORT leads to the host's socket LINKS/NAME.sock",
+    )
+    parser.add_argument(
+        "--expose",
+        action="append",
+        default=[],
+        metavar="NAME=PORT",
+        help="create: the host's socket LINKS/NAME.sock leads to the instance's 127.0.0.1:PORT",
+    )
     arguments = parser.parse_args(argv)
+    try:
+        links = [Link.parse(text, "reach") for text in arguments.reach] + [
+            Link.parse(text, "expose") for text in arguments.expose
+        ]
+    except ValueError as error:
+        parser.error(str(error))
+    if links and not arguments.private_network:
+        parser.error("--reach and --expose need --private-network")
+    names = [link.name for link in links]
+    reached_ports = [link.port for link in links if link.direction == "reach"]
+    if len(set(names)) != len(names) or len(set(reached_ports)) != len(reached_ports):
+        parser.error("each link needs a name and each --reach a port of its own")
     if os.geteuid() != 0:
         parser.error("must run as root (debootstrap, systemd-nspawn, nsenter)")
     if arguments.action == "base-image":
@@ -331,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not arguments.name or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", arguments.name):
         parser.error("NAME: lower-case letters, digits and '-'")
     elif arguments.action == "create":
-        result = create(arguments.name, arguments.suite)
+        result = create(arguments.name, arguments.suite, arguments.private_network, tuple(links))
     else:
         result = destroy(arguments.name)
     print(json.dumps(result))

@@ -10,10 +10,10 @@ short_description: Backfill a window of raw clickstream hours from S3 into the w
 description:
   - Loads the raw objects under C(events/YYYY/MM/DD/HH/) of the raw bucket, for every hour from
     O(start) to O(end), into the clickstream warehouse, in order, O(chunk_hours) at a time.
-  - Uses the platform's one load implementation. With O(mode=lambda) it invokes the ETL Lambda's
-    window run for each chunk. With O(mode=direct) it runs the same load code where the module
-    runs, for example on the warehouse host over SSM, which reaches S3 through the gateway
-    endpoint and has no 15-minute limit.
+  - Runs on the controller and invokes the ETL Lambda's window run for each chunk,
+    synchronously. The load is the platform's one load implementation, running in the function
+    with the function's own access to the raw bucket and the warehouse. A chunk must load within
+    the function's 15-minute limit; lower O(chunk_hours) for large hours.
   - Objects already in the warehouse's load ledger are skipped, so a second run of a window
     changes nothing, unless O(force=true), which reloads them without duplicating any event (rows
     whose mapping changed are rewritten).
@@ -39,15 +39,9 @@ options:
       - Reload objects that the load ledger already holds.
     type: bool
     default: false
-  mode:
-    description:
-      - V(lambda) invokes the ETL function for each chunk; V(direct) runs the load code here.
-    type: str
-    choices: [lambda, direct]
-    default: lambda
   chunk_hours:
     description:
-      - How many hours each invocation or transaction series loads.
+      - How many hours each invocation of the function loads.
     type: int
     default: 1
   max_window_hours:
@@ -57,46 +51,9 @@ options:
     default: 744
   function_name:
     description:
-      - The ETL function, with O(mode=lambda).
+      - The ETL function, by name or ARN.
     type: str
     default: SBW_Lamda_ETL
-  bucket:
-    description:
-      - The raw bucket, with O(mode=direct).
-    type: str
-  library_path:
-    description:
-      - With O(mode=direct), the folder that holds the platform's C(clickstream) Python package
-        and where its dependencies (boto3, psycopg2, fastjsonschema, orjson) are importable.
-    type: path
-    default: /opt/clickstream/lib
-  dwh_host:
-    description:
-      - The warehouse host, with O(mode=direct).
-    type: str
-  dwh_port:
-    description:
-      - The warehouse port.
-    type: int
-    default: 5432
-  dwh_user:
-    description:
-      - The warehouse user the load runs as (the ETL writer).
-    type: str
-    default: clickstream_etl
-  dwh_database:
-    description:
-      - The warehouse database.
-    type: str
-    default: clickstream_dw
-  dwh_password:
-    description:
-      - The password of O(dwh_user). Prefer O(dwh_password_parameter).
-    type: str
-  dwh_password_parameter:
-    description:
-      - The SSM SecureString parameter that holds the password of O(dwh_user).
-    type: str
   lock_retries:
     description:
       - How many times to wait and try a chunk again when another ETL run holds the warehouse's
@@ -110,6 +67,7 @@ options:
     default: 30
 notes:
   - The hourly ETL keeps running during a backfill; the two take turns on the warehouse's run lock.
+  - The caller needs C(lambda:InvokeFunction) on the function.
   - Rollups and sessions of the loaded hours are refreshed by each load. To rebuild them for a
     range without loading, see C(playbooks/refresh_rollups.yml).
 extends_documentation_fragment:
@@ -130,15 +88,12 @@ EXAMPLES = r"""
     end: "2025-12-03T23"
     force: true
 
-- name: Backfill on the warehouse host itself, with no Lambda time limit
+- name: Backfill a month, a day per invocation
   clickstream_backfill:
-    mode: direct
+    function_name: SBW_Lamda_ETL
     start: "2025-11-01T00"
     end: "2025-11-30T23"
     chunk_hours: 24
-    bucket: clickstream-s3-ingest
-    dwh_host: 127.0.0.1
-    dwh_password_parameter: /clickstream/dwh/etl_password
 """
 
 RETURN = r"""
@@ -176,7 +131,6 @@ resume_from:
 """
 
 import json
-import sys
 import time
 from typing import Any
 
@@ -209,18 +163,9 @@ def build_argument_spec() -> dict[str, Any]:
         "start": {"type": "str", "required": True},
         "end": {"type": "str", "required": True},
         "force": {"type": "bool", "default": False},
-        "mode": {"type": "str", "choices": ["lambda", "direct"], "default": "lambda"},
         "chunk_hours": {"type": "int", "default": 1},
         "max_window_hours": {"type": "int", "default": 744},
         "function_name": {"type": "str", "default": "SBW_Lamda_ETL"},
-        "bucket": {"type": "str"},
-        "library_path": {"type": "path", "default": "/opt/clickstream/lib"},
-        "dwh_host": {"type": "str"},
-        "dwh_port": {"type": "int", "default": 5432},
-        "dwh_user": {"type": "str", "default": "clickstream_etl"},
-        "dwh_database": {"type": "str", "default": "clickstream_dw"},
-        "dwh_password": {"type": "str", "no_log": True},
-        "dwh_password_parameter": {"type": "str"},
         "lock_retries": {"type": "int", "default": 5},
         "lock_retry_delay": {"type": "int", "default": 30},
     }
@@ -251,69 +196,6 @@ class LambdaLoader:
         return self._invoke(window_request(first, last, force))
 
 
-class DirectLoader:
-    """Each chunk is a window run of the platform's load code, here, in this process."""
-
-    def __init__(self, module: AnsibleAWSModule) -> None:
-        params = module.params
-        sys.path.insert(0, params["library_path"])
-        try:
-            from clickstream import loader, warehouse
-        except ImportError as error:
-            raise BackfillError(
-                f"cannot import the platform's load code from {params['library_path']}: {error}"
-            ) from error
-        self.loader = loader
-        # One pooled connection per object the loader reads at a time.
-        self.s3 = module.client("s3", config=Config(max_pool_connections=loader.FETCH_CONCURRENCY))
-        self.bucket = params["bucket"]
-        settings = warehouse.WarehouseSettings(
-            host=params["dwh_host"],
-            port=params["dwh_port"],
-            user=params["dwh_user"],
-            database=params["dwh_database"],
-            password=params["dwh_password"],
-            password_parameter=params["dwh_password_parameter"],
-        )
-        try:
-            password = warehouse.resolve_password(settings, lambda: module.client("ssm"))
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            raise BackfillError(f"reading {settings.password_parameter} failed: {error}") from error
-        self._connect = lambda: warehouse.connect(settings, password, "clickstream-backfill")
-        self._unavailable = warehouse.WarehouseUnavailable
-
-    def _with_connection(self, work):
-        # A connection per chunk: a warehouse restart costs one chunk, not the whole window.
-        try:
-            connection = self._connect()
-        except self._unavailable as error:
-            raise BackfillError(str(error)) from error
-        try:
-            return work(connection)
-        except Exception as error:
-            raise BackfillError(f"{type(error).__name__}: {error}") from error
-        finally:
-            connection.close()
-
-    def plan(self, first, last, force: bool) -> list[dict[str, Any]]:
-        def plan_hours(connection):
-            hours = self.loader.plan_window(
-                connection, self.s3, self.bucket, start=first, end=last, force=force
-            )
-            return [hour.as_dict() for hour in hours]
-
-        return self._with_connection(plan_hours)
-
-    def load(self, first, last, force: bool) -> dict[str, Any]:
-        def run(connection):
-            report = self.loader.run_window(
-                connection, self.s3, self.bucket, start=first, end=last, force=force
-            )
-            return report.as_dict()
-
-        return self._with_connection(run)
-
-
 def load_chunk(module, loader, first, last) -> dict[str, Any]:
     """Load one chunk, waiting while another run holds the lock; BackfillError when it fails."""
     params = module.params
@@ -340,23 +222,14 @@ def load_chunk(module, loader, first, last) -> dict[str, Any]:
 
 
 def main() -> None:
-    module = AnsibleAWSModule(
-        argument_spec=build_argument_spec(),
-        required_if=[("mode", "direct", ["bucket", "dwh_host"])],
-        mutually_exclusive=[("dwh_password", "dwh_password_parameter")],
-        supports_check_mode=True,
-    )
+    module = AnsibleAWSModule(argument_spec=build_argument_spec(), supports_check_mode=True)
     params = module.params
     try:
         first = parse_hour(params["start"], "start")
         last = parse_hour(params["end"], "end")
         hours = window_hours(first, last, params["max_window_hours"])
         windows = chunks(hours, params["chunk_hours"])
-        if params["mode"] == "direct" and not (
-            params["dwh_password"] or params["dwh_password_parameter"]
-        ):
-            raise BackfillError("mode=direct needs dwh_password or dwh_password_parameter")
-        loader = DirectLoader(module) if params["mode"] == "direct" else LambdaLoader(module)
+        loader = LambdaLoader(module)
     except BackfillError as error:
         module.fail_json(msg=str(error))
     window = {"start": hour_text(first), "end": hour_text(last), "hours": len(hours)}

@@ -31,7 +31,7 @@ import pytest
 from tests.fixtures.browser import chromium_installed, headless_chromium
 from tests.fixtures.processes import port_answers, wait_until
 from tools.local_platform import cli
-from tools.molecule_nspawn import MACHINES_DIRECTORY
+from tools.molecule_nspawn import MACHINES_DIRECTORY, container_command, find_instance
 from tools.synthetic_shop import live_events
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -54,6 +54,8 @@ FUNNEL_STEPS = ("product_view", "add_to_cart_click", "checkout_start", "checkout
 RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 MAKE_TIMEOUT_SECONDS = 40 * 60
 MAKE = shutil.which("make") or "/usr/bin/make"
+# The DWH host's inventory name: its Name tag (compute_dwh_name), found by the aws_ec2 inventory.
+DWH_HOST = "SBW_EC2_ShinyDWH"
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root"),
@@ -97,15 +99,30 @@ def platform_processes(settings: cli.Settings) -> list[str]:
         except OSError:
             continue
         if str(settings.state_dir) in command or any(
-            f"--machine={host}" in command for host in settings.dwh_hosts
+            f"--machine={machine}" in command for machine in machines(settings)
         ):
             found.append(f"{entry.name}: {command.strip()}")
     return found
 
 
+def machines(settings: cli.Settings) -> tuple[str, str]:
+    """The platform's systemd-nspawn machines: the DWH instance and the package mirror's builder."""
+    return settings.dwh_machine, settings.mirror_builder_machine
+
+
 def leftover_instances(settings: cli.Settings) -> list[str]:
-    """The DWH instances whose directory (root file system, console log) is on disk."""
-    return [host for host in settings.dwh_hosts if (MACHINES_DIRECTORY / host).exists()]
+    """The machines whose directory (root file system, console log) is on disk."""
+    return [machine for machine in machines(settings) if (MACHINES_DIRECTORY / machine).exists()]
+
+
+def in_the_instance(settings: cli.Settings, *argv: str) -> subprocess.CompletedProcess:
+    """A command inside the DWH instance, as the nspawn connection runs Ansible's."""
+    found = find_instance(settings.dwh_machine)
+    leader = found[1] if found else None
+    assert leader is not None, f"{settings.dwh_machine} is not running"
+    return subprocess.run(
+        container_command(leader, *argv), capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +224,40 @@ def test_make_up_brings_every_part_up_and_says_where(platform, settings):
     assert "make etl" in output
     assert listening(settings) == [f"{host}:{port}" for host, port in settings.listeners()]
     # The stages ran on the emulated account and the instance, and nothing failed.
+    # The DWH host was found in the emulated account by its tags (the aws_ec2 inventory), after
+    # the compute stage made it; the package mirror's builder came and went.
     recap = {host: int(failed) for host, _, _, failed in RECAP.findall(output)}
-    assert recap == {settings.dwh_hosts[0]: 0, "localhost": 0}
+    assert {DWH_HOST, "localhost"} <= recap.keys()
+    assert set(recap.values()) == {0}, recap
+
+
+def test_the_warehouse_instance_has_no_route_and_installs_only_from_the_mirror(platform, settings):
+    # As the EC2 instance in its private subnet without NAT: no interface but loopback, no route
+    # (checked, never tried: the network rule forbids sending anywhere to prove it).
+    links = in_the_instance(settings, "ip", "-o", "link")
+    assert [line.split(":")[1].strip() for line in links.stdout.splitlines()] == ["lo"]
+    for family in ("-4", "-6"):
+        routes = in_the_instance(settings, "ip", family, "route", "show", "table", "all")
+        assert routes.returncode == 0, routes.stderr
+        # Every route of every table leads to the loopback device: nothing leaves the instance.
+        assert [
+            route for route in routes.stdout.splitlines() if " dev lo " not in f"{route} "
+        ] == []
+    # apt knows one source, the signed snapshot in the emulated S3, reached through the link to
+    # the emulator on the instance's own loopback.
+    targets = in_the_instance(settings, "apt-get", "indextargets", "--format", "$(URI)")
+    assert targets.returncode == 0, targets.stderr
+    uris = set(targets.stdout.split())
+    assert uris
+    assert {
+        uri for uri in uris if not uri.startswith(f"http://127.0.0.1:{settings.moto_port}/")
+    } == set()
+    # A package the roles do not need is not in the mirror, and there is nowhere else to get it.
+    install = in_the_instance(
+        settings, "apt-get", "install", "--yes", "--no-install-recommends", "cowsay"
+    )
+    assert install.returncode != 0
+    assert "Unable to locate package cowsay" in install.stderr, install.stdout + install.stderr
 
 
 def test_shop_clicks_and_synthetic_traffic_land_in_the_warehouse_exactly_once(
@@ -361,7 +410,8 @@ def test_a_second_make_up_changes_nothing(platform, settings):
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
     recap = {host: (int(changed), int(failed)) for host, changed, _, failed in RECAP.findall(
         result.stdout)}  # fmt: skip
-    assert recap == {settings.dwh_hosts[0]: (0, 0), "localhost": (0, 0)}, result.stdout[-5000:]
+    # The mirror already holds the roles' packages: no builder, and apt opened no connection.
+    assert recap == {DWH_HOST: (0, 0), "localhost": (0, 0)}, result.stdout[-5000:]
     # The runtime came back (restarted by up) and still serves the ingest.
     assert port_answers(settings.ingest_port)
 

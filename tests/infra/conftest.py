@@ -6,17 +6,12 @@ on a moto server that no other test resets, and its tests read the result back w
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.fixtures.ansible import PlaybookRun, extra_vars, run_playbook
-from tests.fixtures.aws import MotoServer, aws_environment
-from tests.fixtures.processes import free_loopback_port, port_answers, wait_until
+from tests.fixtures.aws import MotoServer, account_of_its_own, aws_environment
 
 LOCAL_INVENTORY = "inventories/local"
 
@@ -27,28 +22,8 @@ RunPlaybook = Callable[..., PlaybookRun]
 def infra_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     """A moto server for this module alone, with AWS's managed IAM policies loaded (the roles
     attach AWSLambdaVPCAccessExecutionRole and AmazonSSMManagedInstanceCore)."""
-    port = free_loopback_port()
-    log_path = tmp_path_factory.mktemp("infra-moto") / "moto.log"
-    moto_bin = Path(sys.executable).with_name("moto_server")
-    environment = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(moto_bin), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=log,
-            env=environment,
-        )
-    try:
-        wait_until(lambda: port_answers(port), f"moto server on port {port}")
-        server = MotoServer(f"http://127.0.0.1:{port}")
-        # The tests' own boto3 clients (MotoServer.client) need the dummy credentials too.
-        with pytest.MonkeyPatch.context() as environment_patch:
-            for name, value in aws_environment(server.endpoint_url).items():
-                environment_patch.setenv(name, value)
-            yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with account_of_its_own(tmp_path_factory.mktemp("infra-moto") / "moto.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

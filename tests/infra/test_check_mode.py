@@ -38,3 +38,27 @@ def test_check_mode_creates_nothing(check_run: PlaybookRun, infra_moto: MotoServ
     assert infra_moto.client("apigatewayv2").get_apis()["Items"] == []
     assert infra_moto.client("events").list_rules()["Rules"] == []
     assert infra_moto.client("sns").list_topics()["Topics"] == []
+
+
+# --- The host stages on an account without the DWH host ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def host_stage_without_host(check_run, run_on_moto) -> PlaybookRun:
+    """playbooks/dwh.yml for real on the still empty account: no instance to configure."""
+    return run_on_moto("playbooks/dwh.yml")
+
+
+def test_a_host_stage_without_the_dwh_host_fails_and_says_to_run_compute(host_stage_without_host):
+    # Before discovery, `hosts: dwh` matched nothing and the run ended green with no warehouse.
+    assert host_stage_without_host.returncode != 0
+    (failure,) = host_stage_without_host.failures
+    assert failure.task == "Require exactly one DWH host of the stack"
+    assert "it found 0" in failure.result["msg"]
+    assert "playbooks/compute.yml" in failure.result["msg"]
+
+
+def test_a_host_stage_in_check_mode_without_the_dwh_host_has_nothing_to_do(run_on_moto):
+    run = run_on_moto("playbooks/dwh.yml", "--check")
+    assert run.returncode == 0, run.explain()
+    assert run.failures == []

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures.ansible import ANSIBLE_PLAYBOOK, REPO_ROOT, PlaybookRun
+from tests.fixtures.ansible import ANSIBLE_PLAYBOOK, REPO_ROOT, PlaybookRun, extra_vars
 from tests.fixtures.aws import MotoServer
 
 pytestmark = pytest.mark.slow
@@ -587,32 +587,146 @@ def test_alarms_notify_the_alarm_topic(aws):
 # --- The DWH host in the aws inventory -----------------------------------------------------------
 
 
-def test_aws_ec2_inventory_finds_the_dwh_host_and_reaches_it_through_ssm(aws, tmp_path):
-    # The aws inventory's plugin configuration, with the emulated stack's Stack tag.
-    config = yaml.safe_load((REPO_ROOT / "inventories/aws/aws_ec2.yml").read_text())
-    config["filters"]["tag:Stack"] = "local"
-    (tmp_path / "aws_ec2.yml").write_text(yaml.safe_dump(config))
+def listed_inventory(source: str) -> dict[str, Any]:
+    """``ansible-inventory -i SOURCE --list`` on this module's account."""
     listed = subprocess.run(
-        [str(ANSIBLE_INVENTORY), "-i", str(tmp_path / "aws_ec2.yml"), "--list"],
+        [str(ANSIBLE_INVENTORY), "-i", source, "--list"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
     )
-    inventory = json.loads(listed.stdout)
-    assert inventory["dwh"]["hosts"] == ["SBW_EC2_ShinyDWH"]
-    # ansible-inventory marks values that came from the cloud as unsafe (not to be templated).
-    host = {
+    return json.loads(listed.stdout)
+
+
+def inventory_host_vars(inventory: dict[str, Any], host: str) -> dict[str, Any]:
+    """A host's variables from ``ansible-inventory --list``, with the values that came from the
+    cloud, which it marks as unsafe (not to be templated), unwrapped."""
+    return {
         name: value["__ansible_unsafe"]
         if isinstance(value, dict) and "__ansible_unsafe" in value
         else value
-        for name, value in inventory["_meta"]["hostvars"]["SBW_EC2_ShinyDWH"].items()
+        for name, value in inventory["_meta"]["hostvars"][host].items()
     }
+
+
+def test_aws_ec2_inventory_finds_the_dwh_host_and_reaches_it_through_ssm(aws, tmp_path):
+    # The aws inventory's plugin configuration, with the emulated stack's Stack tag.
+    config = yaml.safe_load((REPO_ROOT / "inventories/aws/aws_ec2.yml").read_text())
+    config["filters"]["tag:Stack"] = "local"
+    (tmp_path / "aws_ec2.yml").write_text(yaml.safe_dump(config))
+    inventory = listed_inventory(str(tmp_path / "aws_ec2.yml"))
+    assert inventory["dwh"]["hosts"] == ["SBW_EC2_ShinyDWH"]
+    host = inventory_host_vars(inventory, "SBW_EC2_ShinyDWH")
     assert host["ansible_host"] == dwh_instance(aws)["InstanceId"]
     assert host["ansible_connection"] == "amazon.aws.aws_ssm"
     assert host["ansible_aws_ssm_bucket_name"] == SSM_TRANSFER_BUCKET
     assert host["ansible_aws_ssm_region"] == "ap-southeast-1"
+    # PostgreSQL's data volume by its id (the NVMe serial), not by the order the kernel found it.
+    (data_volume,) = [
+        mapping["Ebs"]["VolumeId"]
+        for mapping in dwh_instance(aws)["BlockDeviceMappings"]
+        if mapping["DeviceName"] == "/dev/sdf"
+    ]
+    assert host["postgresql_data_volume_device"] == (
+        "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + data_volume.replace("-", "")
+    )
+
+
+def test_local_inventory_finds_the_emulated_instance_by_its_tags_and_maps_it_to_its_machine(aws):
+    # The local inventory finds the DWH host the way the aws one does (aws_ec2, by tags), so the
+    # host stages of `make up` take the same path as in AWS; only the connection differs.
+    inventory = listed_inventory("inventories/local")
+    assert inventory["dwh"]["hosts"] == ["SBW_EC2_ShinyDWH"]
+    host = inventory_host_vars(inventory, "SBW_EC2_ShinyDWH")
+    assert host["ansible_connection"] == "nspawn"
+    # The machine `make up` boots: local_platform_dwh_machine, composed from the same tags.
+    assert host["ansible_nspawn_machine"] == "clickstream-local-dwh"
+
+
+ABSENT = "clickstream-test-no-such-machine"
+
+
+def test_a_host_stage_whose_host_does_not_answer_fails_naming_what_to_check(aws, run_on_moto):
+    # The instance exists in the account, but nothing answers for it (no machine of that name
+    # booted; not the local platform's, which may be up on this machine): the stage fails with
+    # what to check instead of configuring nothing.
+    run = run_on_moto(
+        "playbooks/shiny.yml",
+        *extra_vars({"discover_hosts_connection_timeout": 2, "ansible_nspawn_machine": ABSENT}),
+    )
+    assert run.returncode != 0
+    # The wait fails first (rescued), then the failure that stops the run.
+    assert [failure.task for failure in run.failures] == [
+        "Wait until the DWH host accepts commands",
+        "Say what to check",
+    ]
+    failure = run.failures[-1]
+    assert (
+        "SBW_EC2_ShinyDWH did not answer over the nspawn connection in 2 s" in failure.result["msg"]
+    )
+    assert ABSENT in failure.result["msg"]
+    assert not [result for result in run.task_results if result.play.startswith("Configure")]
+
+
+# --- The DWH host across AMI releases and duplicates (compute.yml again, on the same account) -----
+
+
+def another_ami(aws: MotoServer, image_id: str) -> str:
+    """An AMI moto knows that is not ``image_id``, with the same root device name."""
+    images = aws.client("ec2").describe_images(ImageIds=[image_id])["Images"]
+    root_device = images[0]["RootDeviceName"]
+    return next(
+        image["ImageId"]
+        for image in aws.client("ec2").describe_images()["Images"]
+        if image["ImageId"] != image_id and image.get("RootDeviceName") == root_device
+    )
+
+
+def task_result(run: PlaybookRun, task: str) -> dict[str, Any]:
+    (result,) = [r.result for r in run.task_results if r.task == task]
+    return result
+
+
+DWH_INSTANCE_TASK = "Ensure the DWH + Shiny host runs, private, with IMDSv2 and encrypted volumes"
+
+
+def test_a_newer_ami_neither_replaces_nor_duplicates_the_dwh_host(aws, run_on_moto):
+    # As after Canonical published a new "current" Ubuntu AMI: the stack keeps its host and the
+    # host keeps its AMI; only a new stack resolves compute_ami_id.
+    before = dwh_instance(aws)
+    newer = another_ami(aws, before["ImageId"])
+    rerun = run_on_moto("playbooks/compute.yml", "-e", f"compute_ami_id={newer}")
+    assert rerun.returncode == 0, rerun.explain()
+    assert task_result(rerun, DWH_INSTANCE_TASK)["changed"] is False
+    assert [f"{r.play} / {r.task}" for r in rerun.task_results if r.changed] == []
+    after = dwh_instance(aws)
+    assert (after["InstanceId"], after["ImageId"]) == (before["InstanceId"], before["ImageId"])
+
+
+def test_a_second_dwh_host_stops_the_compute_stage_with_what_to_do(aws, run_on_moto):
+    ec2 = aws.client("ec2")
+    original = dwh_instance(aws)
+    tags = [tag for tag in original["Tags"] if not tag["Key"].startswith("aws:")]
+    (duplicate,) = ec2.run_instances(
+        ImageId=original["ImageId"],
+        InstanceType="t3.micro",
+        SubnetId=original["SubnetId"],
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )["Instances"]
+    try:
+        rerun = run_on_moto("playbooks/compute.yml")
+    finally:
+        ec2.terminate_instances(InstanceIds=[duplicate["InstanceId"]])
+    assert rerun.returncode != 0
+    (failure,) = rerun.failures
+    assert failure.task == "Require at most one DWH + Shiny host"
+    assert original["InstanceId"] in failure.result["msg"]
+    assert duplicate["InstanceId"] in failure.result["msg"]
+    assert dwh_instance(aws)["InstanceId"] == original["InstanceId"]
 
 
 # --- Check mode and the bootstrap NAT, on the provisioned account (these run last) --------------

@@ -1,10 +1,12 @@
-"""Every bucket refuses plain HTTP: the storage stage's deployed policies, evaluated.
+"""Every bucket refuses plain HTTP, and the package mirror lets anyone read its snapshots only
+through the VPC's S3 gateway endpoint: the storage stage's deployed policies, evaluated.
 
 moto stores a bucket policy but does not enforce it, and it serves only plain HTTP anyway. So
-these tests read back the policy each bucket holds after playbooks/storage.yml and evaluate it
-for requests with and without TLS, the way S3 does for the statements it holds: an explicit Deny
-whose action, resource, principal and condition match wins over any Allow. That AWS enforces a
-matching Deny is AWS's part (docs/security.md says so).
+these tests read back the policy each bucket holds after playbooks/network.yml and
+playbooks/storage.yml and evaluate it for requests with and without TLS, and through the
+endpoint or not, the way S3 does for the statements it holds: an explicit Deny whose action,
+resource, principal and condition match wins over any Allow. That AWS enforces the policy is
+AWS's part (docs/security.md says so).
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import pytest
 from tests.fixtures.ansible import run_playbook
 from tests.fixtures.aws import MotoServer, aws_environment
 
-BUCKETS = ("clickstream-s3-ingest", "clickstream-s3-sbw", "clickstream-ssm-transfer-local")
+MIRROR_BUCKET = "clickstream-package-mirror-local"
+BUCKETS = (
+    "clickstream-s3-ingest",
+    "clickstream-s3-sbw",
+    "clickstream-ssm-transfer-local",
+    MIRROR_BUCKET,
+)
 # What a reader or a writer of each kind of resource asks S3 for.
 OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:GetObjectVersion")
 BUCKET_ACTIONS = ("s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketPolicy")
@@ -49,31 +57,74 @@ def principal_matches(principal: Any, caller: str) -> bool:
 
 
 def condition_holds(condition: dict[str, Any], context: dict[str, str]) -> bool:
+    """Every test of the condition holds; a key the request does not carry holds none."""
     for operator, tests in condition.items():
-        if operator != "Bool":
+        if operator not in ("Bool", "StringEquals"):
             raise UnsupportedPolicy(f"condition operator {operator}")
         for key, wanted in tests.items():
             values = [wanted] if isinstance(wanted, str) else wanted
-            if context.get(key) not in [value.lower() for value in values]:
+            if operator == "Bool":
+                values = [value.lower() for value in values]
+            if key not in context or context[key] not in values:
                 return False
     return True
 
 
-def denies(policy: dict[str, Any], caller: str, action: str, resource: str, *, tls: bool) -> bool:
-    """Whether an explicit Deny of ``policy`` matches the request."""
+def statement_matches(
+    statement: dict[str, Any], caller: str, action: str, resource: str, context: dict[str, str]
+) -> bool:
+    if {"NotAction", "NotResource", "NotPrincipal"} & set(statement):
+        raise UnsupportedPolicy(f"statement {statement.get('Sid')}")
+    return (
+        principal_matches(statement["Principal"], caller)
+        and matches(statement["Action"], action, case_sensitive=False)
+        and matches(statement["Resource"], resource)
+        and condition_holds(statement.get("Condition", {}), context)
+    )
+
+
+def request_context(*, tls: bool, vpc_endpoint: str | None = None) -> dict[str, str]:
     context = {"aws:SecureTransport": str(tls).lower()}
-    for statement in policy["Statement"]:
-        if {"NotAction", "NotResource", "NotPrincipal"} & set(statement):
-            raise UnsupportedPolicy(f"statement {statement.get('Sid')}")
-        if (
-            statement["Effect"] == "Deny"
-            and principal_matches(statement["Principal"], caller)
-            and matches(statement["Action"], action, case_sensitive=False)
-            and matches(statement["Resource"], resource)
-            and condition_holds(statement.get("Condition", {}), context)
-        ):
-            return True
-    return False
+    if vpc_endpoint:
+        context["aws:SourceVpce"] = vpc_endpoint
+    return context
+
+
+def denies(
+    policy: dict[str, Any],
+    caller: str,
+    action: str,
+    resource: str,
+    *,
+    tls: bool,
+    vpc_endpoint: str | None = None,
+) -> bool:
+    """Whether an explicit Deny of ``policy`` matches the request."""
+    context = request_context(tls=tls, vpc_endpoint=vpc_endpoint)
+    return any(
+        statement["Effect"] == "Deny"
+        and statement_matches(statement, caller, action, resource, context)
+        for statement in policy["Statement"]
+    )
+
+
+def allows(
+    policy: dict[str, Any],
+    caller: str,
+    action: str,
+    resource: str,
+    *,
+    tls: bool,
+    vpc_endpoint: str | None = None,
+) -> bool:
+    """Whether ``policy`` alone grants the request: an Allow matches and no Deny does. (An
+    anonymous caller has nothing else; the account's own principals have their IAM policies.)"""
+    context = request_context(tls=tls, vpc_endpoint=vpc_endpoint)
+    return not denies(policy, caller, action, resource, tls=tls, vpc_endpoint=vpc_endpoint) and any(
+        statement["Effect"] == "Allow"
+        and statement_matches(statement, caller, action, resource, context)
+        for statement in policy["Statement"]
+    )
 
 
 def requests_to(bucket: str) -> list[Request]:
@@ -87,14 +138,13 @@ def deployed_policies(moto_server: MotoServer, tmp_path_factory) -> dict[str, di
     """The policy of each bucket, as S3 holds it after the storage stage."""
     moto_server.reset()
     environment = aws_environment(moto_server.endpoint_url)
-    run = run_playbook(
-        "playbooks/storage.yml",
-        "-i",
-        "inventories/local",
-        environment=environment,
-        temp_dir=tmp_path_factory.mktemp("storage"),
-    )
-    assert run.returncode == 0, run.explain()
+    temp_dir = tmp_path_factory.mktemp("storage")
+    # The network first: the package mirror's policy names the VPC's S3 gateway endpoint.
+    for playbook in ("playbooks/network.yml", "playbooks/storage.yml"):
+        run = run_playbook(
+            playbook, "-i", "inventories/local", environment=environment, temp_dir=temp_dir
+        )
+        assert run.returncode == 0, run.explain()
     with pytest.MonkeyPatch.context() as patch:
         for name, value in environment.items():
             patch.setenv(name, value)
@@ -130,3 +180,59 @@ def test_a_policy_that_forgets_the_objects_lets_plain_http_reach_them(deployed_p
         statement["Resource"] = [r for r in statement["Resource"] if not r.endswith("/*")]
     allowed = [r for r in requests_to(BUCKETS[0]) if not denies(policy, *r, tls=False)]
     assert {action for _, action, _ in allowed} == set(OBJECT_ACTIONS)
+
+
+# --- The package mirror: anonymous reads through the VPC's S3 gateway endpoint only ------------
+
+
+@pytest.fixture(scope="module")
+def gateway_endpoint(deployed_policies, moto_server: MotoServer) -> str:
+    """The id of the S3 gateway endpoint the network stage made."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws_environment(moto_server.endpoint_url).items():
+            patch.setenv(name, value)
+        endpoints = moto_server.client("ec2").describe_vpc_endpoints(
+            Filters=[{"Name": "vpc-endpoint-type", "Values": ["Gateway"]}]
+        )["VpcEndpoints"]
+    (endpoint,) = [e for e in endpoints if e["ServiceName"].endswith(".s3")]
+    return endpoint["VpcEndpointId"]
+
+
+SNAPSHOT_OBJECT = f"arn:aws:s3:::{MIRROR_BUCKET}/snapshots/20260101T000000Z/InRelease"
+
+
+def test_anyone_may_read_the_snapshots_through_the_vpc_endpoint(
+    deployed_policies, gateway_endpoint
+):
+    policy = deployed_policies[MIRROR_BUCKET]
+    assert allows(
+        policy, "*", "s3:GetObject", SNAPSHOT_OBJECT, tls=True, vpc_endpoint=gateway_endpoint
+    )
+
+
+@pytest.mark.parametrize("vpc_endpoint", [None, "vpce-0123456789abcdef0"])
+def test_nobody_may_read_the_snapshots_from_anywhere_else(
+    deployed_policies, gateway_endpoint, vpc_endpoint
+):
+    # From the internet (no endpoint) or through another VPC's endpoint.
+    policy = deployed_policies[MIRROR_BUCKET]
+    assert not allows(
+        policy, "*", "s3:GetObject", SNAPSHOT_OBJECT, tls=True, vpc_endpoint=vpc_endpoint
+    )
+
+
+def test_the_endpoint_grants_reads_of_snapshots_and_nothing_else(
+    deployed_policies, gateway_endpoint
+):
+    policy = deployed_policies[MIRROR_BUCKET]
+    other_object = ("*", "s3:GetObject", f"arn:aws:s3:::{MIRROR_BUCKET}/other/key")
+    granted = [
+        (action, resource)
+        for _, action, resource in [*requests_to(MIRROR_BUCKET), other_object]
+        if allows(policy, "*", action, resource, tls=True, vpc_endpoint=gateway_endpoint)
+    ]
+    assert granted == []
+    # Nor a snapshot over plain HTTP: the TLS-only Deny wins.
+    assert not allows(
+        policy, "*", "s3:GetObject", SNAPSHOT_OBJECT, tls=False, vpc_endpoint=gateway_endpoint
+    )

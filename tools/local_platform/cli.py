@@ -10,18 +10,26 @@
 
 `up` is what a production run is, with AWS emulated: a moto server on loopback stands in for the
 account, a systemd-nspawn instance (tools/molecule_nspawn.py, the role tests' tooling) for the
-DWH EC2 instance, and ``ansible-playbook site.yml -i inventories/local`` configures both. moto
+DWH EC2 instance, and ``ansible-playbook site.yml -i inventories/local`` configures both. Like
+the EC2 instance in its private subnet, the DWH instance has no route anywhere: it boots with no
+network but its own loopback, and its links are Unix sockets bind-mounted into it, whose
+machine's end is the links daemon (links.py). Inside, 127.0.0.1 on the emulator's port leads to
+the emulator (the package mirror's bucket); PostgreSQL and the dashboards listen on the
+instance's 127.0.0.1 and are reached at local_platform_dwh_address, the stand-in for its private
+IP, and the dashboards also at the machine's 127.0.0.1 (the SSM port forward's stand-in). moto
 keeps the functions but cannot run them, so `up` ends by (re)starting the local Lambda runtime
-(runtime.py): the HTTP API, Lambda Invoke, the schedule and the dashboard's port forward.
+(runtime.py): the HTTP API, Lambda Invoke and the schedule.
 
-Every address and port comes from the local inventory (inventories/local/group_vars), read with
-Ansible itself. Must run as root (systemd-nspawn, nsenter).
+Every address and port comes from the local inventory (inventories/local/hosts.yml and the
+group_vars beside it), read with Ansible itself; no host is contacted and the emulator need not
+run. Must run as root (systemd-nspawn, nsenter).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import secrets
@@ -30,12 +38,16 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 INVENTORY = REPOSITORY / "inventories" / "local"
+# Only the static part of the local inventory: its group_vars load, and its aws_ec2 source, which
+# needs the emulator running, is left out.
+SETTINGS_INVENTORY = INVENTORY / "hosts.yml"
 BIN = Path(sys.executable).parent
 NSPAWN_TOOL = REPOSITORY / "tools" / "molecule_nspawn.py"
 # The emulator's credentials: any value works.
@@ -47,10 +59,15 @@ STOP_TIMEOUT_SECONDS = 15
 START_TIMEOUT_SECONDS = 60
 DASHBOARD_START_SECONDS = 120
 
-# What `up` reads from the local inventory, rendered by Ansible (group_vars of all and dwh).
+# The DWH instance's links (tools/molecule_nspawn.py --reach/--expose): a Unix socket each in the
+# directory bind-mounted into the instance.
+MOTO_LINK, WAREHOUSE_LINK, DASHBOARD_LINK = "moto", "postgresql", "dashboard"
+
+# What `up` reads from the local inventory, rendered by Ansible (plain variables of group all).
 SETTINGS_EXPRESSION = """{{ {
   'region': aws_region,
   'moto_port': local_platform_moto_port,
+  's3_gateway_endpoint_port': local_platform_s3_gateway_endpoint_port,
   'ingest_port': local_platform_ingest_port,
   'invoke_port': local_platform_invoke_port,
   'shop_port': local_platform_shop_port,
@@ -59,14 +76,14 @@ SETTINGS_EXPRESSION = """{{ {
   'build_dir': lambdas_build_dir,
   'etl_function': lambdas_etl_name,
   'schedule': schedule_expression,
-  'dwh_hosts': groups['dwh'],
-  'warehouse_host': hostvars[groups['dwh'][0]].postgresql_listen_address,
+  'dwh_machine': local_platform_dwh_machine,
+  'dwh_address': local_platform_dwh_address,
+  'mirror_builder_machine': local_platform_mirror_builder_machine,
   'warehouse_port': warehouse_port,
   'warehouse_database': warehouse_database,
   'warehouse_etl_user': warehouse_etl_user,
   'etl_password_parameter': secrets_etl_writer_password_parameter,
-  'dashboard_address': hostvars[groups['dwh'][0]].r_shiny_listen_host,
-  'dashboard_remote_port': hostvars[groups['dwh'][0]].r_shiny_listen_port | default(3838),
+  'dashboard_instance_port': local_platform_dashboard_instance_port,
 } | to_json }}"""
 
 
@@ -78,6 +95,7 @@ class PlatformError(Exception):
 class Settings:
     region: str
     moto_port: int
+    s3_gateway_endpoint_port: int
     ingest_port: int
     invoke_port: int
     shop_port: int
@@ -86,14 +104,20 @@ class Settings:
     build_dir: Path
     etl_function: str
     schedule: str
-    dwh_hosts: tuple[str, ...]
-    warehouse_host: str
+    # The systemd-nspawn machine standing in for the DWH instance, and its address as this
+    # machine sees it (the links daemon's listeners for PostgreSQL and the dashboards).
+    dwh_machine: str
+    dwh_address: str
+    mirror_builder_machine: str
     warehouse_port: int
     warehouse_database: str
     warehouse_etl_user: str
     etl_password_parameter: str
-    dashboard_address: str
-    dashboard_remote_port: int
+    dashboard_instance_port: int
+
+    @property
+    def warehouse_host(self) -> str:
+        return self.dwh_address
 
     @property
     def endpoint_url(self) -> str:
@@ -125,12 +149,12 @@ class Settings:
     def listeners(self) -> list[tuple[str, int]]:
         """Every address the platform serves: the machine's daemons, then the instance's."""
         ports = (
-            self.moto_port, self.ingest_port, self.invoke_port, self.shop_port,
-            self.dashboard_port,
+            self.moto_port, self.s3_gateway_endpoint_port, self.ingest_port, self.invoke_port,
+            self.shop_port, self.dashboard_port,
         )  # fmt: skip
         return [("127.0.0.1", port) for port in ports] + [
-            (self.warehouse_host, self.warehouse_port),
-            (self.dashboard_address, self.dashboard_remote_port),
+            (self.dwh_address, self.warehouse_port),
+            (self.dwh_address, self.dashboard_instance_port),
         ]
 
     def aws_environment(self) -> dict[str, str]:
@@ -156,7 +180,7 @@ def read_settings() -> Settings:
             str(BIN / "ansible"),
             "localhost",
             "-i",
-            str(INVENTORY),
+            str(SETTINGS_INVENTORY),
             "-m",
             "ansible.builtin.debug",
             "-a",
@@ -182,15 +206,15 @@ def read_settings() -> Settings:
         ) from error
     for name in ("state_dir", "build_dir"):
         values[name] = Path(values[name])
-    values["dwh_hosts"] = tuple(values["dwh_hosts"])
     for name in (
         "moto_port",
+        "s3_gateway_endpoint_port",
         "ingest_port",
         "invoke_port",
         "shop_port",
         "dashboard_port",
         "warehouse_port",
-        "dashboard_remote_port",
+        "dashboard_instance_port",
     ):
         values[name] = int(values[name])
     return Settings(**values)
@@ -225,12 +249,14 @@ def start_daemon(
     daemon: str,
     argv: list[str],
     environment: dict[str, str],
-    ready_ports: list[int],
+    ready_addresses: list[tuple[str, int]],
+    ready_paths: tuple[Path, ...] = (),
 ) -> int:
-    for port in ready_ports:
-        if port_answers(port):
+    """Start ``daemon``; it is ready when it listens on every address and path given."""
+    for host, port in ready_addresses:
+        if port_answers(port, host):
             raise PlatformError(
-                f"127.0.0.1:{port} is already in use by another program; free it or change "
+                f"{host}:{port} is already in use by another program; free it or change "
                 f"its port in {INVENTORY / 'group_vars/all/local_platform.yml'}"
             )
     log_path = settings.log_file(daemon)
@@ -247,7 +273,10 @@ def start_daemon(
         )
     settings.pid_file(daemon).write_text(f"{process.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while not all(port_answers(port) for port in ready_ports):
+    while not (
+        all(port_answers(port, host) for host, port in ready_addresses)
+        and all(path.is_socket() for path in ready_paths)
+    ):
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log_path.read_text(errors="replace")[-3000:]
             raise PlatformError(f"{daemon} did not start (log {log_path}):\n{tail}")
@@ -274,7 +303,11 @@ def stop_daemon(settings: Settings, daemon: str) -> bool:
 
 
 def ensure_moto(settings: Settings) -> str:
-    if running_pid(settings, "moto") and port_answers(settings.moto_port):
+    if (
+        running_pid(settings, "moto")
+        and port_answers(settings.moto_port)
+        and port_answers(settings.s3_gateway_endpoint_port)
+    ):
         return "running"
     environment = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
     start_daemon(
@@ -288,10 +321,11 @@ def ensure_moto(settings: Settings) -> str:
             "127.0.0.1",
             "-p",
             str(settings.moto_port),
+            f"--s3-gateway-endpoint-port={settings.s3_gateway_endpoint_port}",
             f"--state-dir={settings.state_dir}",
         ],
         environment,
-        [settings.moto_port],
+        [("127.0.0.1", settings.moto_port), ("127.0.0.1", settings.s3_gateway_endpoint_port)],
     )
     return "started"
 
@@ -310,8 +344,6 @@ def restart_runtime(settings: Settings) -> None:
         f"--api-port={settings.ingest_port}",
         f"--static-port={settings.shop_port}",
         f"--static-dir={REPOSITORY / 'files'}",
-        f"--forward=127.0.0.1:{settings.dashboard_port}="
-        f"{settings.dashboard_address}:{settings.dashboard_remote_port}",
     ]
     environment = {**os.environ, **settings.aws_environment(), "PYTHONPATH": str(REPOSITORY)}
     start_daemon(
@@ -319,7 +351,71 @@ def restart_runtime(settings: Settings) -> None:
         "runtime",
         argv,
         environment,
-        [settings.invoke_port, settings.ingest_port, settings.shop_port, settings.dashboard_port],
+        [
+            ("127.0.0.1", port)
+            for port in (settings.invoke_port, settings.ingest_port, settings.shop_port)
+        ],
+    )
+
+
+def boot_dwh_instance(settings: Settings) -> Path:
+    """The DWH instance, booted with no network but its loopback; the host directory of its
+    links' sockets."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(NSPAWN_TOOL),
+            "create",
+            settings.dwh_machine,
+            "--private-network",
+            f"--reach={MOTO_LINK}={settings.moto_port}",
+            f"--expose={WAREHOUSE_LINK}={settings.warehouse_port}",
+            f"--expose={DASHBOARD_LINK}={settings.dashboard_instance_port}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    links = json.loads(result.stdout)["links"]
+    if links is None:
+        # Booted by an earlier `make up`, before the instance was isolated.
+        raise PlatformError(
+            f"{settings.dwh_machine} runs with the machine's network; `make down` and `make up`"
+        )
+    return Path(links)
+
+
+def restart_links(settings: Settings, links: Path) -> None:
+    """The machine's end of the DWH instance's links (links.py), started afresh."""
+    stop_daemon(settings, "links")
+    moto_socket = links / f"{MOTO_LINK}.sock"
+    warehouse_socket = links / f"{WAREHOUSE_LINK}.sock"
+    dashboard_socket = links / f"{DASHBOARD_LINK}.sock"
+    listeners = {
+        (settings.dwh_address, settings.warehouse_port): warehouse_socket,
+        (settings.dwh_address, settings.dashboard_instance_port): dashboard_socket,
+        # The stand-in for an SSM port-forwarding session to the dashboards.
+        ("127.0.0.1", settings.dashboard_port): dashboard_socket,
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "tools.local_platform.links",
+        f"--state-dir={settings.state_dir}",
+        # Through the emulated S3 gateway endpoint, as the instance's subnet reaches S3 in AWS.
+        f"--unix-to-tcp={moto_socket}=127.0.0.1:{settings.s3_gateway_endpoint_port}",
+        *(
+            f"--tcp-to-unix={host}:{port}={socket_path}"
+            for (host, port), socket_path in listeners.items()
+        ),
+    ]
+    start_daemon(
+        settings,
+        "links",
+        argv,
+        {**os.environ, "PYTHONPATH": str(REPOSITORY)},
+        list(listeners),
+        (moto_socket,),
     )
 
 
@@ -352,13 +448,13 @@ def up(arguments: argparse.Namespace) -> int:
         f"local platform: AWS emulator (moto) on {settings.endpoint_url}: {ensure_moto(settings)}",
         flush=True,
     )
-    for host in settings.dwh_hosts:
-        print(f"local platform: booting the DWH instance {host} (systemd-nspawn)", flush=True)
-        subprocess.run(
-            [sys.executable, str(NSPAWN_TOOL), "create", host],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    print(
+        f"local platform: booting the DWH instance {settings.dwh_machine} (systemd-nspawn, "
+        "no network but its loopback)",
+        flush=True,
+    )
+    links = boot_dwh_instance(settings)
+    restart_links(settings, links)
     run_site(settings, arguments.ansible_arguments)
     restart_runtime(settings)
     wait_for_dashboard(settings)
@@ -366,16 +462,28 @@ def up(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def dashboard_answers(settings: Settings) -> bool:
+    """The dashboard's page, through its port forward, is served (200). The links daemon's
+    listener accepts whether or not the app runs: only an answer proves it does."""
+    # No proxy from the environment: the address is this machine's loopback.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(settings.dashboard_url, timeout=5) as response:
+            return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
 def wait_for_dashboard(settings: Settings) -> None:
     """The app starts a few seconds after its service (R loads its packages): `up` is done
     when the dashboard answers."""
     deadline = time.monotonic() + DASHBOARD_START_SECONDS
-    while not port_answers(settings.dashboard_remote_port, settings.dashboard_address):
+    while not dashboard_answers(settings):
         if time.monotonic() > deadline:
             raise PlatformError(
-                f"the dashboard on {settings.dashboard_address}:{settings.dashboard_remote_port} "
-                f"did not answer in {DASHBOARD_START_SECONDS} s; its service's journal in "
-                f"the instance says why (unit clickstream-dashboard)"
+                f"the dashboard did not answer {settings.dashboard_url} in "
+                f"{DASHBOARD_START_SECONDS} s; its service's journal in the instance says why "
+                f"(unit clickstream-dashboard), the links' log is {settings.log_file('links')}"
             )
         time.sleep(0.5)
 
@@ -389,6 +497,8 @@ The local clickstream platform is up{took}.
   Ingest (the HTTP API)        POST {settings.ingest_url}
   Demo shop (tracker inside)   {settings.shop_url}
   Dashboards (port-forward)    {settings.dashboard_url}
+  DWH instance                 {settings.dwh_machine} (systemd-nspawn): no network but its
+                               loopback; reached at {settings.dwh_address} through its sockets
   Warehouse                    {settings.warehouse_url}
                                password: SSM SecureString {settings.etl_password_parameter};
                                `make psql` opens psql with it
@@ -407,9 +517,11 @@ def down(arguments: argparse.Namespace) -> int:
     require_root()
     settings = read_settings()
     stop_daemon(settings, "runtime")
-    for host in settings.dwh_hosts:
+    stop_daemon(settings, "links")
+    # The mirror's builder too, if a package_mirror.yml run was cut short before removing it.
+    for machine in (settings.dwh_machine, settings.mirror_builder_machine):
         subprocess.run(
-            [sys.executable, str(NSPAWN_TOOL), "destroy", host],
+            [sys.executable, str(NSPAWN_TOOL), "destroy", machine],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -422,6 +534,7 @@ def down(arguments: argparse.Namespace) -> int:
 def status(arguments: argparse.Namespace) -> int:
     settings = read_settings()
     moto, runtime = running_pid(settings, "moto"), running_pid(settings, "runtime")
+    links = running_pid(settings, "links")
     print(
         json.dumps(
             {
@@ -430,14 +543,18 @@ def status(arguments: argparse.Namespace) -> int:
                     "pid": runtime,
                     "ingest_url": settings.ingest_url,
                     "invoke_url": settings.invoke_url,
-                    "dashboard_url": settings.dashboard_url,
                 },
-                "dwh_hosts": list(settings.dwh_hosts),
+                "links": {
+                    "pid": links,
+                    "dashboard_url": settings.dashboard_url,
+                    "warehouse_url": settings.warehouse_url,
+                },
+                "dwh_machine": settings.dwh_machine,
             },
             indent=2,
         )
     )
-    return 0 if moto and runtime else 3
+    return 0 if moto and runtime and links else 3
 
 
 def lambda_client(settings: Settings):

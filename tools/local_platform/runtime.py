@@ -12,8 +12,6 @@ everything from the emulated account, as AWS would:
   function (tools/local_platform/http_api.py).
 - **The schedule**: every enabled EventBridge rule with a ``rate(...)`` expression invokes its
   Lambda targets (asynchronously, with the scheduled event) at that rate.
-- **Port forwards** (``--forward LOCAL=REMOTE``): the local equivalent of an SSM port-forwarding
-  session to the DWH host (the dashboard).
 - **Static files** (``--static-port``): files/ (the demo shop and the tracker snippet), as a
   shop's web server would serve them.
 
@@ -29,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import functools
 import hashlib
 import http.server
@@ -38,7 +35,6 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -462,43 +458,6 @@ def run_schedule(
         runtime.invoke_async(function, fired)
 
 
-def forward(local: tuple[str, int], remote: tuple[str, int]) -> socket.socket:
-    """A TCP port forward from ``local`` to ``remote``: a thread pair per connection."""
-    listener = socket.create_server(local)
-
-    def pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def accept() -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(remote, timeout=5)
-                upstream.settimeout(None)
-            except OSError as error:
-                log("port forward: the remote end does not answer", remote=remote, error=str(error))
-                client.close()
-                continue
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
-
-    threading.Thread(target=accept, name=f"forward-{local[1]}", daemon=True).start()
-    log("port forward", local=f"{local[0]}:{local[1]}", remote=f"{remote[0]}:{remote[1]}")
-    return listener
-
-
-def address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host or "127.0.0.1", int(port)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoint-url", required=True, help="the emulator (moto)")
@@ -509,7 +468,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-port", type=int, required=True)
     parser.add_argument("--static-port", type=int)
     parser.add_argument("--static-dir", type=Path)
-    parser.add_argument("--forward", action="append", default=[], metavar="LOCAL=REMOTE")
     arguments = parser.parse_args(argv)
 
     runtime = Runtime(
@@ -542,11 +500,6 @@ def main(argv: list[str] | None = None) -> int:
         static_server.daemon_threads = True
         servers.append(static_server)
 
-    listeners = []
-    for rule in arguments.forward:
-        local, _, remote = rule.partition("=")
-        listeners.append(forward(address(local), address(remote)))
-
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     for rule, interval, function, event in schedules_from_emulator(runtime):
@@ -564,8 +517,6 @@ def main(argv: list[str] | None = None) -> int:
     for server in servers:
         server.shutdown()
         server.server_close()
-    for listener in listeners:
-        listener.close()
     runtime.stop()
     log("stopped")
     return 0
