@@ -22,7 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.processes import free_loopback_port, port_answers, wait_until
+from tests.fixtures.processes import (
+    free_loopback_port,
+    port_answers,
+    processes_whose_command_has,
+    wait_until,
+)
 from tools.molecule_nspawn import MACHINES_DIRECTORY, container_command, find_instance
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -77,17 +82,7 @@ def answers(url: str) -> bool:
 
 def links_processes(state_dir: Path) -> list[str]:
     """Command lines of the processes of the instance or of this module's links daemon."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"--machine={MACHINE}" in command or f"--state-dir={state_dir}" in command:
-            found.append(f"{entry.name}: {command.strip()}")
-    return found
+    return processes_whose_command_has(f"--machine={MACHINE}", f"--state-dir={state_dir}")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import psycopg2
 import pytest
 
 from tests.fixtures.browser import chromium_installed, headless_chromium
-from tests.fixtures.processes import port_answers, wait_until
+from tests.fixtures.processes import port_answers, processes_whose_command_has, wait_until
 from tools.local_platform import cli
 from tools.molecule_nspawn import MACHINES_DIRECTORY, container_command, find_instance
 from tools.synthetic_shop import live_events
@@ -90,19 +90,9 @@ def listening(settings: cli.Settings) -> list[str]:
 
 
 def platform_processes(settings: cli.Settings) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(settings.state_dir) in command or any(
-            f"--machine={machine}" in command for machine in machines(settings)
-        ):
-            found.append(f"{entry.name}: {command.strip()}")
-    return found
+    return processes_whose_command_has(
+        str(settings.state_dir), *(f"--machine={machine}" for machine in machines(settings))
+    )
 
 
 def machines(settings: cli.Settings) -> tuple[str, str]:

@@ -90,6 +90,22 @@ def request_context(*, tls: bool, vpc_endpoint: str | None = None) -> dict[str, 
     return context
 
 
+def any_statement_matches(
+    policy: dict[str, Any],
+    effect: str,
+    caller: str,
+    action: str,
+    resource: str,
+    context: dict[str, str],
+) -> bool:
+    """Whether a statement of ``policy`` with ``effect`` matches the request."""
+    return any(
+        statement["Effect"] == effect
+        and statement_matches(statement, caller, action, resource, context)
+        for statement in policy["Statement"]
+    )
+
+
 def denies(
     policy: dict[str, Any],
     caller: str,
@@ -101,11 +117,7 @@ def denies(
 ) -> bool:
     """Whether an explicit Deny of ``policy`` matches the request."""
     context = request_context(tls=tls, vpc_endpoint=vpc_endpoint)
-    return any(
-        statement["Effect"] == "Deny"
-        and statement_matches(statement, caller, action, resource, context)
-        for statement in policy["Statement"]
-    )
+    return any_statement_matches(policy, "Deny", caller, action, resource, context)
 
 
 def allows(
@@ -120,11 +132,9 @@ def allows(
     """Whether ``policy`` alone grants the request: an Allow matches and no Deny does. (An
     anonymous caller has nothing else; the account's own principals have their IAM policies.)"""
     context = request_context(tls=tls, vpc_endpoint=vpc_endpoint)
-    return not denies(policy, caller, action, resource, tls=tls, vpc_endpoint=vpc_endpoint) and any(
-        statement["Effect"] == "Allow"
-        and statement_matches(statement, caller, action, resource, context)
-        for statement in policy["Statement"]
-    )
+    return not any_statement_matches(
+        policy, "Deny", caller, action, resource, context
+    ) and any_statement_matches(policy, "Allow", caller, action, resource, context)
 
 
 def requests_to(bucket: str) -> list[Request]:
