@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: test bootstrap lint pytest molecule bench build lock up down status etl traffic psql env
+.PHONY: test bootstrap lint pytest molecule bench build lock up down status etl traffic psql env cost
 
 ## Install what is missing, lint everything, run the security gates, run every test.
 test: bootstrap lint security pytest
@@ -68,6 +68,11 @@ build: bootstrap
 N ?= 1000000
 bench: bootstrap
 	$(BIN)/python benchmarks/etl_throughput.py --events $(N)
+
+## docs/cost.md from the inventory's variables and the price table (tools/cost.py).
+COST_INVENTORY ?= inventories/aws
+cost: bootstrap
+	$(BIN)/python -m tools.cost --inventory $(COST_INVENTORY) --write docs/cost.md
 
 ## Re-pin requirements.txt from requirements.in.
 lock:

@@ -44,12 +44,12 @@ from clickstream import loader, migrations  # noqa: E402
 from clickstream.mapping import WAREHOUSE_COLUMNS, new_raw_record, warehouse_row  # noqa: E402
 from clickstream.partitions import object_key  # noqa: E402
 from clickstream.raw_format import encode_raw_object  # noqa: E402
-from tests.fixtures.aws import REGION, aws_environment  # noqa: E402
+from tests.fixtures.aws import REGION, aws_environment, stack_bucket_name  # noqa: E402
 from tests.fixtures.postgres import PostgresCluster, remove_cluster  # noqa: E402
 from tests.fixtures.processes import free_loopback_port, port_answers, wait_until  # noqa: E402
 
 EVENTS_PER_OBJECT = 500  # the ingest's batch limit: what our own tracker's batches approach
-BUCKET = "clickstream-s3-ingest"
+BUCKET = stack_bucket_name("raw")
 FIRST_HOUR = datetime(2025, 12, 1, tzinfo=UTC)
 PRODUCTS = [
     {

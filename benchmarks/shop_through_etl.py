@@ -29,12 +29,12 @@ from clickstream import loader, migrations  # noqa: E402
 from clickstream.mapping import new_raw_record  # noqa: E402
 from clickstream.partitions import floor_hour, hour_of_key, object_key  # noqa: E402
 from clickstream.raw_format import CONTENT_TYPE, encode_raw_object  # noqa: E402
-from tests.fixtures.aws import REGION, MotoServer, aws_environment  # noqa: E402
+from tests.fixtures.aws import REGION, MotoServer, aws_environment, stack_bucket_name  # noqa: E402
 from tests.fixtures.postgres import PostgresCluster  # noqa: E402
 from tests.fixtures.processes import free_loopback_port, port_answers, wait_until  # noqa: E402
 from tools.synthetic_shop import SHOP_TIME_ZONE, event_time, hourly_batches  # noqa: E402
 
-BUCKET = "clickstream-s3-ingest"
+BUCKET = stack_bucket_name("raw")
 PUT_CONCURRENCY = 8
 # What the postgresql role sets on a host of 8 GB (roles/postgresql/templates/clickstream.conf.j2)
 # and what matters for plans: the benchmarks' throwaway clusters run with these.

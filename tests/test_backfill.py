@@ -32,11 +32,18 @@ from plugins.module_utils.clickstream_backfill import (
     chunks,
     invocation_result,
     parse_hour,
+    throttle_delay,
     totals,
     window_hours,
 )
 from tests.fixtures.ansible import REPO_ROOT, extra_vars, run_playbook
-from tests.fixtures.aws import REGION, MotoServer, account_of_its_own, aws_environment
+from tests.fixtures.aws import (
+    REGION,
+    MotoServer,
+    account_of_its_own,
+    aws_environment,
+    stack_bucket_name,
+)
 from tests.fixtures.processes import free_loopback_port, port_answers, wait_until
 from tests.fixtures.warehouse import TEMPLATE_DATABASE, Warehouse
 from tests.raw_events import put_raw_bytes, put_raw_object, raw_record, tracker_event
@@ -50,7 +57,7 @@ EVENTS_PER_OBJECT = 5
 DEPLOY_STAGES = "network,security_groups,iam,compute,lambdas"
 # What the local inventory names them: storage_raw_bucket_name and
 # secrets_etl_writer_password_parameter, the function's RAW_BUCKET and DWH_PASSWORD_PARAM.
-RAW_BUCKET = "clickstream-s3-ingest"
+RAW_BUCKET = stack_bucket_name("raw")
 PASSWORD_PARAMETER = "/clickstream/local/warehouse/etl-writer-password"
 # The database the deployed function loads into (its DWH_DATABASE), made afresh for each test.
 BACKFILL_DATABASE = "clickstream_dw_backfill"
@@ -124,8 +131,33 @@ def test_totals_add_up_every_chunk():
         "duplicates_skipped": 1,
         "rejected_lines": 2,
         "missing_objects": 1,
+        "throttle_retries": 0,
+        "lock_retries": 0,
         "chunks": 2,
     }
+
+
+def test_throttle_retries_are_added_up_with_the_chunks():
+    results = [
+        {"objects": 1, "throttle_retries": 3, "lock_retries": 1},
+        {"objects": 1, "throttle_retries": 2, "lock_retries": 0},
+    ]
+    summed = totals(results)
+    assert (summed["throttle_retries"], summed["lock_retries"]) == (5, 1)
+
+
+def test_throttle_backoff_doubles_up_to_the_cap_with_full_jitter():
+    def highest(low, high):
+        return high
+
+    def lowest(low, high):
+        return low
+
+    assert [throttle_delay(retry, 1.0, 60.0, draw=highest) for retry in range(8)] == [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0,
+    ]  # fmt: skip
+    assert throttle_delay(5, 1.0, 60.0, draw=lowest) == 0.0
+    assert 0.0 <= throttle_delay(3, 1.0, 60.0) <= 8.0
 
 
 # --- the module's contract: argument_spec mirrors DOCUMENTATION --------------------------------
@@ -200,9 +232,15 @@ def deployed_etl(emulator, postgres, migrated_template, tmp_path_factory) -> Pat
 
 
 @pytest.fixture(scope="module")
-def lambda_invoke_url(emulator, deployed_etl, tmp_path_factory) -> Iterator[str]:
+def runtime_state_dir(tmp_path_factory) -> Path:
+    """The local Lambda runtime's state; its runtime.log says when it throttled."""
+    return tmp_path_factory.mktemp("backfill-runtime")
+
+
+@pytest.fixture(scope="module")
+def lambda_invoke_url(emulator, deployed_etl, runtime_state_dir) -> Iterator[str]:
     """The local Lambda runtime serving the deployed function's Invoke API."""
-    state_dir = tmp_path_factory.mktemp("backfill-runtime")
+    state_dir = runtime_state_dir
     invoke_port = free_loopback_port()
     argv = [
         sys.executable, "-m", "tools.local_platform.runtime",
@@ -460,3 +498,95 @@ def test_the_refresh_playbook_recomputes_the_rollups_of_a_range(
         ("2025-12-01", 24),
         ("2025-12-02", 999),
     ]
+
+
+# --- throttling: Lambda ETL's reserved concurrency taken -----------------------------------------
+
+
+@pytest.fixture
+def etl_reservation(emulator, deployed_etl) -> Iterator:
+    """Sets Lambda ETL's reserved concurrency in the emulator, which the runtime reads for each
+    synchronous invocation; restores the deployed reservation after the test."""
+    functions = emulator.client("lambda").list_functions()["Functions"]
+    [etl] = [
+        function["FunctionName"]
+        for function in functions
+        if "DWH_HOST" in (function.get("Environment") or {}).get("Variables", {})
+    ]
+    lambda_client = emulator.client("lambda")
+    deployed = lambda_client.get_function_concurrency(FunctionName=etl).get(
+        "ReservedConcurrentExecutions"
+    )
+
+    def reserve(count: int) -> None:
+        lambda_client.put_function_concurrency(FunctionName=etl, ReservedConcurrentExecutions=count)
+
+    yield reserve
+    if deployed is None:
+        lambda_client.delete_function_concurrency(FunctionName=etl)
+    else:
+        reserve(deployed)
+
+
+def throttles_logged(runtime_state_dir: Path) -> int:
+    log = (runtime_state_dir / "runtime.log").read_text()
+    return sum('"message": "throttled"' in line for line in log.splitlines())
+
+
+def test_a_throttled_backfill_retries_until_the_etl_is_free_and_counts_the_retries(
+    week_of_raw_objects, etl_reservation, runtime_state_dir, backfill
+):
+    # The hourly run holds the ETL's one reserved execution: Lambda throttles the backfill.
+    etl_reservation(0)
+    throttles_before = throttles_logged(runtime_state_dir)
+    run_over = threading.Event()
+
+    def end_the_hourly_run_once_the_backfill_is_throttled_twice():
+        while not run_over.wait(0.05):
+            if throttles_logged(runtime_state_dir) >= throttles_before + 2:
+                etl_reservation(1)
+                return
+
+    releaser = threading.Thread(target=end_the_hourly_run_once_the_backfill_is_throttled_twice)
+    releaser.start()
+    try:
+        result = backfill(
+            start="2025-12-03T00",
+            end="2025-12-03T23",
+            backfill_throttle_retries=40,
+            backfill_throttle_base_delay=0.1,
+            backfill_throttle_max_delay=0.3,
+        )
+    finally:
+        run_over.set()
+        releaser.join()
+
+    assert not result.get("failed"), result.get("msg")
+    [chunk] = result["results"]
+    assert chunk["throttle_retries"] >= 2
+    assert (
+        result["totals"]["throttle_retries"]
+        == result["throttle_retries"]
+        == chunk["throttle_retries"]
+    )
+    assert result["totals"]["events_loaded"] == 24 * EVENTS_PER_OBJECT
+    assert loaded_events(week_of_raw_objects) == (48 + 24) * EVENTS_PER_OBJECT
+
+
+def test_a_backfill_throttled_through_every_retry_fails_naming_the_retries(
+    week_of_raw_objects, etl_reservation, backfill
+):
+    etl_reservation(0)
+    result = backfill(
+        start="2025-12-03T00",
+        end="2025-12-03T23",
+        backfill_throttle_retries=2,
+        backfill_throttle_base_delay=0.05,
+        backfill_throttle_max_delay=0.1,
+    )
+    assert result["failed"] is True
+    assert "TooManyRequestsException" in result["msg"]
+    assert "through 2 throttle_retries" in result["msg"]
+    assert result["resume_from"] == "2025-12-03T00"
+    assert result["throttle_retries"] == 2
+    assert loaded_events(week_of_raw_objects) == 48 * EVENTS_PER_OBJECT

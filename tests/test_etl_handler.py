@@ -18,7 +18,7 @@ SCHEDULED_EVENT = {
     "detail-type": "Scheduled Event",
     "source": "aws.events",
     "time": "2025-12-01T11:00:00Z",
-    "resources": ["arn:aws:events:ap-southeast-1:123456789012:rule/SBW_ETL_HOURLY_RULE"],
+    "resources": ["arn:aws:events:ap-southeast-1:123456789012:rule/clickstream-local-etl-hourly"],
     "detail": {},
 }
 WINDOW_EVENT = {"start": "2025-12-01T10", "end": "2025-12-01T10", "force": False}

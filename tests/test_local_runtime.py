@@ -11,20 +11,18 @@ The whole platform (make up → make down) is tests/e2e/test_local_platform.py.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
 
-from tests.fixtures.aws import REGION, MotoServer, aws_environment
+from tests.fixtures.aws import REGION, MotoServer, aws_environment, zip_of
 from tests.fixtures.processes import free_loopback_port, port_answers, wait_until
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -103,13 +101,6 @@ def test_the_tls_only_policy_lets_objects_in_under_the_emulator(emulator, monkey
     bucket_with_policy(emulator, "deny-all", unconditional)
     with pytest.raises(s3.exceptions.ClientError, match="403"):
         s3.put_object(Bucket="deny-all", Key="events/a.json", Body=b"{}\n")
-
-
-def zip_of(source: str) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("handler.py", source)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

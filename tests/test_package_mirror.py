@@ -3,7 +3,7 @@
 An emulated account of its own (the local platform's emulator: moto, with the VPC's S3 gateway
 endpoint served on a second port), provisioned by the network, security-group, storage, IAM and
 compute stages; a systemd-nspawn instance stands in for the DWH host and is found by discovery as
-SBW_EC2_ShinyDWH. The mirror is built for a small package list by a real builder machine that
+clickstream-local-dwh. The mirror is built for a small package list by a real builder machine that
 downloads from Debian, signed on the controller and uploaded to the emulated bucket; then the host
 installs from it alone, reading the bucket anonymously through the emulated endpoint, as the DWH
 host does in AWS.
@@ -30,13 +30,14 @@ from tests.fixtures.aws import (
     MotoServer,
     account_of_its_own,
     aws_environment,
+    stack_bucket_name,
 )
 from tests.fixtures.processes import free_loopback_port
 from tools.molecule_nspawn import container_command, find_instance
 
 pytestmark = pytest.mark.slow
 
-BUCKET = "clickstream-package-mirror-local"
+BUCKET = stack_bucket_name("mirror")
 SNAPSHOT_PARAMETER = "/clickstream/local/package-mirror/snapshot"
 SIGNING_KEY_PARAMETER = "/clickstream/local/package-mirror/signing-key"
 PUBLIC_KEY_PARAMETER = "/clickstream/local/package-mirror/public-key"
@@ -122,7 +123,7 @@ def run(emulator: Emulator, machines: Machines, tmp_path_factory) -> RunPlaybook
     hosts = temp_dir / "hosts.yml"
     hosts.write_text(
         yaml.safe_dump(
-            {"all": {"hosts": {"SBW_EC2_ShinyDWH": {"ansible_nspawn_machine": machines.dwh}}}}
+            {"all": {"hosts": {"clickstream-local-dwh": {"ansible_nspawn_machine": machines.dwh}}}}
         )
     )
     variables = {

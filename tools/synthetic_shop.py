@@ -7,7 +7,8 @@ tracker's camelCase shape with the eventId and eventTimestamp our own tracker ad
 gives the same traffic.
 
     # Load history through the real ingest handler into the raw bucket (AWS_ENDPOINT_URL honoured)
-    python tools/synthetic_shop.py write-raw --bucket clickstream-s3-ingest --days 7 \\
+    python tools/synthetic_shop.py write-raw \\
+        --bucket clickstream-prod-raw-123456789012-ap-southeast-1 --days 7 \\
         --sessions-per-day 2000 --start 2025-12-01
 
     # Send live traffic to an ingest URL at a chosen rate

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,9 @@ COUNTS = (
     "rejected_lines",
     "missing_objects",
 )
+# Retries, per chunk and in the totals: invocations Lambda throttled, and runs that found the
+# warehouse's run lock held.
+RETRY_COUNTS = ("throttle_retries", "lock_retries")
 
 
 class BackfillError(Exception):
@@ -97,16 +101,44 @@ def invocation_result(function_error: str | None, payload: bytes) -> dict[str, A
     return document
 
 
-def chunk_result(first: datetime, last: datetime, report: dict[str, Any]) -> dict[str, Any]:
+def throttle_delay(
+    retry: int, base_seconds: float, max_seconds: float, draw=random.uniform
+) -> float:
+    """Seconds to wait before throttle retry number ``retry`` (0 first): exponential backoff
+    with full jitter, a random wait up to base * 2**retry, capped at max_seconds. Jitter keeps
+    callers throttled together from coming back together (AWS Architecture Blog, "Exponential
+    Backoff And Jitter")."""
+    return draw(0.0, min(max_seconds, base_seconds * 2**retry))
+
+
+def throttled_through(function_name: str, retries: int, waited_seconds: float) -> str:
+    """The failure of an invocation Lambda throttled on every attempt."""
+    return (
+        f"Lambda throttled {function_name} (TooManyRequestsException) through {retries} "
+        f"throttle_retries ({waited_seconds:.1f} s of backoff): its reserved concurrency is in use "
+        "(the hourly run holds it) or 0. Run again later, or raise throttle_retries or "
+        "throttle_max_delay"
+    )
+
+
+def chunk_result(
+    first: datetime,
+    last: datetime,
+    report: dict[str, Any],
+    throttle_retries: int = 0,
+    lock_retries: int = 0,
+) -> dict[str, Any]:
     """One chunk's line of the module's results."""
     result = {"start": hour_text(first), "end": hour_text(last), "status": report.get("status")}
     result.update({name: int(report.get(name) or 0) for name in COUNTS})
     result["duration_seconds"] = report.get("duration_seconds")
+    result.update(throttle_retries=throttle_retries, lock_retries=lock_retries)
     return result
 
 
 def totals(results: list[dict[str, Any]]) -> dict[str, int]:
-    summed = {name: sum(result[name] for result in results) for name in COUNTS}
+    names = COUNTS + RETRY_COUNTS
+    summed = {name: sum(result.get(name, 0) for result in results) for name in names}
     summed["chunks"] = len(results)
     return summed
 

@@ -156,7 +156,7 @@ extends_documentation_fragment:
 EXAMPLES = r"""
 - name: Ensure the clickstream HTTP API exists
   apigatewayv2_http_api:
-    name: clickstream-http-api
+    name: clickstream-prod-http-api
     state: present
     cors:
       allow_origins: ["https://shop.example.com"]
@@ -181,7 +181,7 @@ EXAMPLES = r"""
 
 - name: Add a route without touching the others
   apigatewayv2_http_api:
-    name: clickstream-http-api
+    name: clickstream-prod-http-api
     purge_routes: false
     routes:
       - route_key: GET /health
@@ -189,12 +189,12 @@ EXAMPLES = r"""
 
 - name: Remove the CORS configuration
   apigatewayv2_http_api:
-    name: clickstream-http-api
+    name: clickstream-prod-http-api
     cors: {}
 
 - name: Delete the API
   apigatewayv2_http_api:
-    name: clickstream-http-api
+    name: clickstream-prod-http-api
     state: absent
 """
 
@@ -225,7 +225,7 @@ api:
       description: The name of the API.
       returned: when the API exists
       type: str
-      sample: clickstream-http-api
+      sample: clickstream-prod-http-api
     description:
       description: The description of the API.
       returned: when the API has one
@@ -262,7 +262,8 @@ api:
       sample:
         - integration_id: i1a2b3c
           integration_type: AWS_PROXY
-          integration_uri: arn:aws:lambda:ap-southeast-1:123456789012:function:clickstream-ingest
+          integration_uri: >-
+            arn:aws:lambda:ap-southeast-1:123456789012:function:clickstream-prod-ingest
           payload_format_version: "2.0"
           timeout_in_millis: 10000
     stage:
@@ -276,7 +277,8 @@ api:
         auto_deploy: true
         default_route_settings: {"throttling_burst_limit": 200, "throttling_rate_limit": 100.0}
         access_log_settings:
-          destination_arn: arn:aws:logs:ap-southeast-1:123456789012:log-group:clickstream-api
+          destination_arn: >-
+            arn:aws:logs:ap-southeast-1:123456789012:log-group:/aws/apigateway/clickstream-prod-http-api
           format: '{"requestId":"$context.requestId"}'
 """
 

@@ -20,6 +20,12 @@ description:
   - In check mode it reports, per hour, the objects found and how many are loaded already, and
     changes nothing.
   - Stops at the first chunk that fails and returns C(resume_from), the hour to start again from.
+  - An invocation that Lambda throttles with C(TooManyRequestsException), because the function's
+    reserved concurrency is taken (by the hourly run, usually), is tried again after an
+    exponential backoff with full jitter, at most O(throttle_retries) times; the retries are
+    counted per chunk and in
+    the totals. A run the function itself skips because another run holds the warehouse's lock
+    is tried again after O(lock_retry_delay), at most O(lock_retries) times.
 author:
   - Clickstream platform maintainers
 options:
@@ -53,7 +59,7 @@ options:
     description:
       - The ETL function, by name or ARN.
     type: str
-    default: SBW_Lamda_ETL
+    default: clickstream-prod-etl
   lock_retries:
     description:
       - How many times to wait and try a chunk again when another ETL run holds the warehouse's
@@ -65,8 +71,28 @@ options:
       - Seconds to wait before trying a locked chunk again.
     type: int
     default: 30
+  throttle_retries:
+    description:
+      - How many times to invoke again when Lambda throttles an invocation. V(0) fails at the
+        first throttle.
+    type: int
+    default: 10
+  throttle_base_delay:
+    description:
+      - Seconds of the first backoff; each retry doubles it, and each wait is a random time up
+        to that (full jitter).
+    type: float
+    default: 1.0
+  throttle_max_delay:
+    description:
+      - The most seconds any one backoff waits. With the defaults, a backfill waits at most about
+        five minutes for a throttled invocation before it fails.
+    type: float
+    default: 60.0
 notes:
-  - The hourly ETL keeps running during a backfill; the two take turns on the warehouse's run lock.
+  - The hourly ETL keeps running during a backfill; the two take turns on the warehouse's run lock,
+    and, where the function has a reserved concurrency of 1, on the function itself (the backfill
+    retries the throttled invocations).
   - The caller needs C(lambda:InvokeFunction) on the function.
   - Rollups and sessions of the loaded hours are refreshed by each load. To rebuild them for a
     range without loading, see C(playbooks/refresh_rollups.yml).
@@ -90,7 +116,7 @@ EXAMPLES = r"""
 
 - name: Backfill a month, a day per invocation
   clickstream_backfill:
-    function_name: SBW_Lamda_ETL
+    function_name: clickstream-prod-etl
     start: "2025-11-01T00"
     end: "2025-11-30T23"
     chunk_hours: 24
@@ -116,13 +142,20 @@ results:
   sample:
     - {"start": "2025-12-01T00", "end": "2025-12-01T00", "status": "succeeded", "objects": 2,
        "events_loaded": 740, "events_updated": 0, "duplicates_skipped": 0, "rejected_lines": 1,
-       "missing_objects": 0, "duration_seconds": 0.4}
+       "missing_objects": 0, "duration_seconds": 0.4, "throttle_retries": 2,
+       "lock_retries": 0}
 totals:
   description: The sums over all chunks (or over all hours in check mode).
   returned: always
   type: dict
   sample: {"chunks": 168, "objects": 2016, "events_loaded": 1000000, "events_updated": 0,
-           "duplicates_skipped": 12, "rejected_lines": 3, "missing_objects": 0}
+           "duplicates_skipped": 12, "rejected_lines": 3, "missing_objects": 0,
+           "throttle_retries": 2, "lock_retries": 0}
+throttle_retries:
+  description: Every throttle retry of the run, the failed chunk's and the planning's included.
+  returned: always
+  type: int
+  sample: 2
 resume_from:
   description: When a chunk failed, the hour to give as O(start) to resume.
   returned: failure
@@ -148,14 +181,23 @@ from ansible.module_utils.clickstream_backfill import (
     invocation_result,
     parse_hour,
     plan_totals,
+    throttle_delay,
+    throttled_through,
     totals,
     window_hours,
     window_request,
 )
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
-# A synchronous invocation may take the function's whole 15 minutes; never retry one blindly.
-LAMBDA_INVOKE_CONFIG = {"read_timeout": 960, "connect_timeout": 10, "retries": {"max_attempts": 1}}
+# A synchronous invocation may take the function's whole 15 minutes; never retry one blindly:
+# one attempt per call (botocore's own retries would retry throttles unseen), throttles retried
+# and counted here.
+LAMBDA_INVOKE_CONFIG = {
+    "read_timeout": 960,
+    "connect_timeout": 10,
+    "retries": {"mode": "standard", "total_max_attempts": 1},
+}
+THROTTLED = "TooManyRequestsException"
 
 
 def build_argument_spec() -> dict[str, Any]:
@@ -165,9 +207,12 @@ def build_argument_spec() -> dict[str, Any]:
         "force": {"type": "bool", "default": False},
         "chunk_hours": {"type": "int", "default": 1},
         "max_window_hours": {"type": "int", "default": 744},
-        "function_name": {"type": "str", "default": "SBW_Lamda_ETL"},
+        "function_name": {"type": "str", "default": "clickstream-prod-etl"},
         "lock_retries": {"type": "int", "default": 5},
         "lock_retry_delay": {"type": "int", "default": 30},
+        "throttle_retries": {"type": "int", "default": 10},
+        "throttle_base_delay": {"type": "float", "default": 1.0},
+        "throttle_max_delay": {"type": "float", "default": 60.0},
     }
 
 
@@ -177,16 +222,35 @@ class LambdaLoader:
     def __init__(self, module: AnsibleAWSModule) -> None:
         self.function_name = module.params["function_name"]
         self.client = module.client("lambda", config=Config(**LAMBDA_INVOKE_CONFIG))
+        self.throttle_retries = module.params["throttle_retries"]
+        self.throttle_base_delay = module.params["throttle_base_delay"]
+        self.throttle_max_delay = module.params["throttle_max_delay"]
+        # Every throttle retry so far, for the chunks' counts and the result's total.
+        self.throttled = 0
 
     def _invoke(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self.client.invoke(
-                FunctionName=self.function_name,
-                InvocationType="RequestResponse",
-                Payload=json.dumps(request).encode("utf-8"),
-            )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            raise BackfillError(f"invoking {self.function_name} failed: {error}") from error
+        waited = 0.0
+        for retry in range(self.throttle_retries + 1):
+            try:
+                response = self.client.invoke(
+                    FunctionName=self.function_name,
+                    InvocationType="RequestResponse",
+                    Payload=json.dumps(request).encode("utf-8"),
+                )
+                break
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") != THROTTLED:
+                    raise BackfillError(f"invoking {self.function_name} failed: {error}") from error
+                if retry == self.throttle_retries:
+                    raise BackfillError(
+                        throttled_through(self.function_name, retry, waited)
+                    ) from error
+            except botocore.exceptions.BotoCoreError as error:
+                raise BackfillError(f"invoking {self.function_name} failed: {error}") from error
+            delay = throttle_delay(retry, self.throttle_base_delay, self.throttle_max_delay)
+            time.sleep(delay)
+            waited += delay
+            self.throttled += 1
         return invocation_result(response.get("FunctionError"), response["Payload"].read())
 
     def plan(self, first, last, force: bool) -> list[dict[str, Any]]:
@@ -199,6 +263,7 @@ class LambdaLoader:
 def load_chunk(module, loader, first, last) -> dict[str, Any]:
     """Load one chunk, waiting while another run holds the lock; BackfillError when it fails."""
     params = module.params
+    throttled_before = loader.throttled
     for attempt in range(params["lock_retries"] + 1):
         report = loader.load(first, last, params["force"])
         if report.get("status") != "skipped":
@@ -218,7 +283,10 @@ def load_chunk(module, loader, first, last) -> dict[str, Any]:
                 else ""
             )
         )
-    return chunk_result(first, last, report)
+    throttle_retries = loader.throttled - throttled_before
+    return chunk_result(
+        first, last, report, throttle_retries=throttle_retries, lock_retries=attempt
+    )
 
 
 def main() -> None:
@@ -238,10 +306,18 @@ def main() -> None:
         try:
             planned = [hour for a, b in windows for hour in loader.plan(a, b, params["force"])]
         except BackfillError as error:
-            module.fail_json(msg=f"planning the backfill failed: {error}", window=window)
+            module.fail_json(
+                msg=f"planning the backfill failed: {error}",
+                window=window,
+                throttle_retries=loader.throttled,
+            )
         summary = plan_totals(planned)
         module.exit_json(
-            changed=summary["to_load"] > 0, window=window, hours=planned, totals=summary
+            changed=summary["to_load"] > 0,
+            window=window,
+            hours=planned,
+            totals=summary,
+            throttle_retries=loader.throttled,
         )
 
     results: list[dict[str, Any]] = []
@@ -259,9 +335,16 @@ def main() -> None:
                 totals=totals(results),
                 resume_from=hour_text(chunk_first),
                 changed=any(result["objects"] for result in results),
+                throttle_retries=loader.throttled,
             )
     summary = totals(results)
-    module.exit_json(changed=summary["objects"] > 0, window=window, results=results, totals=summary)
+    module.exit_json(
+        changed=summary["objects"] > 0,
+        window=window,
+        results=results,
+        totals=summary,
+        throttle_retries=loader.throttled,
+    )
 
 
 if __name__ == "__main__":

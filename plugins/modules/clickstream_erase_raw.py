@@ -78,14 +78,14 @@ extends_documentation_fragment:
 EXAMPLES = r"""
 - name: Remove a user's events from the raw objects of the hours the warehouse found
   clickstream_erase_raw:
-    bucket: clickstream-s3-ingest
+    bucket: clickstream-prod-raw-123456789012-ap-southeast-1
     user_id: "{{ user_id }}"
     hours: ["2025-12-01T09", "2025-12-03T20"]
     library_path: "{{ playbook_dir }}/../lambda_src"
 
 - name: Also scan a week for copies the warehouse does not know of
   clickstream_erase_raw:
-    bucket: clickstream-s3-ingest
+    bucket: clickstream-prod-raw-123456789012-ap-southeast-1
     client_id: "{{ client_id }}"
     start: "2025-12-01T00"
     end: "2025-12-07T23"

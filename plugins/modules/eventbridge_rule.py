@@ -89,7 +89,7 @@ extends_documentation_fragment:
 EXAMPLES = r"""
 - name: Run the ETL every hour, retrying and dead-lettering failed deliveries
   eventbridge_rule:
-    name: SBW_ETL_HOURLY_RULE
+    name: clickstream-prod-etl-hourly
     schedule_expression: rate(1 hour)
     description: Hourly run of Lambda ETL
     targets:
@@ -104,7 +104,7 @@ EXAMPLES = r"""
 
 - name: Delete the rule and its targets
   eventbridge_rule:
-    name: SBW_ETL_HOURLY_RULE
+    name: clickstream-prod-etl-hourly
     state: absent
 """
 
@@ -113,7 +113,10 @@ rule:
   description: The rule after the run (in check mode, as it is); empty when absent.
   returned: always
   type: dict
-  sample: {"name": "SBW_ETL_HOURLY_RULE", "schedule_expression": "rate(1 hour)", "state": "ENABLED"}
+  sample:
+    name: clickstream-prod-etl-hourly
+    schedule_expression: rate(1 hour)
+    state: ENABLED
 targets:
   description: The rule's targets after the run (in check mode, as they are).
   returned: always
@@ -121,9 +124,10 @@ targets:
   elements: dict
   sample:
     - id: etl
-      arn: arn:aws:lambda:ap-southeast-1:123456789012:function:SBW_Lamda_ETL
+      arn: arn:aws:lambda:ap-southeast-1:123456789012:function:clickstream-prod-etl
       retry_policy: {"maximum_retry_attempts": 4, "maximum_event_age_in_seconds": 3600}
-      dead_letter_config: {"arn": "arn:aws:sqs:ap-southeast-1:123456789012:clickstream-etl-dlq"}
+      dead_letter_config:
+        arn: arn:aws:sqs:ap-southeast-1:123456789012:clickstream-prod-etl-dlq
 """
 
 import json

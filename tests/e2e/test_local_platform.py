@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import boto3
 import psycopg2
 import pytest
 
@@ -55,7 +54,7 @@ RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+fai
 MAKE_TIMEOUT_SECONDS = 40 * 60
 MAKE = shutil.which("make") or "/usr/bin/make"
 # The DWH host's inventory name: its Name tag (compute_dwh_name), found by the aws_ec2 inventory.
-DWH_HOST = "SBW_EC2_ShinyDWH"
+DWH_HOST = "clickstream-local-dwh"
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root"),
@@ -153,13 +152,8 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def warehouse(settings, platform):
     """The ETL login's connection to the warehouse in the instance (its password from SSM)."""
-    ssm = boto3.client(
-        "ssm",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=cli.AWS_ACCESS_KEY_ID,
-        aws_secret_access_key=cli.AWS_SECRET_ACCESS_KEY,
-    )
+    # The operator's key: the emulator enforces IAM (tools/local_platform/credentials.py).
+    ssm = settings.aws_client("ssm")
     password = ssm.get_parameter(Name=settings.etl_password_parameter, WithDecryption=True)
     connection = psycopg2.connect(
         host=settings.warehouse_host,

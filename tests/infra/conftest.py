@@ -21,7 +21,7 @@ RunPlaybook = Callable[..., PlaybookRun]
 @pytest.fixture(scope="module")
 def infra_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     """A moto server for this module alone, with AWS's managed IAM policies loaded (the roles
-    attach AWSLambdaVPCAccessExecutionRole and AmazonSSMManagedInstanceCore)."""
+    attach AWSLambdaVPCAccessExecutionRole)."""
     with account_of_its_own(tmp_path_factory.mktemp("infra-moto") / "moto.log") as server:
         yield server
 

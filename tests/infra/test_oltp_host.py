@@ -39,7 +39,7 @@ def aws(runs, infra_moto: MotoServer) -> MotoServer:
 def oltp_host(aws: MotoServer) -> dict[str, Any]:
     reservations = aws.client("ec2").describe_instances(
         Filters=[
-            {"Name": "tag:Name", "Values": ["SBW_EC2_WebDB"]},
+            {"Name": "tag:Name", "Values": ["clickstream-local-oltp"]},
             {"Name": "instance-state-name", "Values": ["running"]},
         ]
     )["Reservations"]
@@ -55,7 +55,7 @@ def test_a_second_run_changes_nothing(runs):
 
 def test_the_oltp_group_admits_exactly_the_trusted_networks_on_their_ports(aws):
     (group,) = aws.client("ec2").describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": ["sg_oltp_webDB"]}]
+        Filters=[{"Name": "group-name", "Values": ["clickstream-local-oltp"]}]
     )["SecurityGroups"]
     admitted = {
         (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]): sorted(

@@ -3,34 +3,43 @@ nothing, and what it made has the properties of the design (seed 002/003 and iss
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 import subprocess
 import sys
+from secrets import token_urlsafe
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.fixtures.ansible import ANSIBLE_PLAYBOOK, REPO_ROOT, PlaybookRun, extra_vars
-from tests.fixtures.aws import MotoServer
+from tests.fixtures.aws import MotoServer, aws_environment, stack_bucket_name
+from tools.inventory_values import render_variables
 
 pytestmark = pytest.mark.slow
 
 VPC_CIDR = "10.0.0.0/16"
 SUBNET_CIDRS = {"public": "10.0.1.0/24", "analytics": "10.0.2.0/24", "etl": "10.0.3.0/24"}
-RAW_BUCKET = "clickstream-s3-ingest"
-MEDIA_BUCKET = "clickstream-s3-sbw"
-SSM_TRANSFER_BUCKET = "clickstream-ssm-transfer-local"
-ETL_FUNCTION = "SBW_Lamda_ETL"
-INGEST_FUNCTION = "clickstream-ingest"
+RAW_BUCKET = stack_bucket_name("raw")
+MEDIA_BUCKET = stack_bucket_name("media")
+SSM_TRANSFER_BUCKET = stack_bucket_name("transfer")
+ETL_FUNCTION = "clickstream-local-etl"
+INGEST_FUNCTION = "clickstream-local-ingest"
 PASSWORD_PARAMETERS = {
     "/clickstream/local/warehouse/etl-writer-password",
     "/clickstream/local/warehouse/dashboard-reader-password",
-    "/clickstream/local/warehouse/postgres-admin-password",
 }
+# Created by earlier versions and read by nothing: the secrets stage deletes it
+# (secrets_retired_parameters).
+RETIRED_ADMIN_PASSWORD_PARAMETER = "/clickstream/local/warehouse/postgres-admin-password"
 ETL_PASSWORD_PARAMETER = "/clickstream/local/warehouse/etl-writer-password"
 ANSIBLE_INVENTORY = ANSIBLE_PLAYBOOK.with_name("ansible-inventory")
-PRIVATE_SECURITY_GROUPS = ("sg_analytics_ShinyDWH", "sg_Lambda_ETL", "sg_vpc_endpoints")
+PRIVATE_SECURITY_GROUPS = (
+    "clickstream-local-dwh",
+    "clickstream-local-lambda-etl",
+    "clickstream-local-vpc-endpoints",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +62,8 @@ def aws(runs, infra_moto: MotoServer) -> MotoServer:
 def test_first_run_provisions_every_aws_stage(runs):
     first, _ = runs
     assert first.failures == []
-    assert first.play_names[:10] == [
+    assert first.play_names[:11] == [
+        "Preflight — the account, the controller and the inventory",
         "Network — VPC, subnets, routes and endpoints",
         "Security groups — DWH, Lambda ETL and OLTP",
         "Storage — S3 buckets",
@@ -100,7 +110,7 @@ def stack_filter(name: str | None = None) -> list[dict[str, Any]]:
 
 
 def the_vpc(aws: MotoServer) -> dict[str, Any]:
-    (vpc,) = aws.client("ec2").describe_vpcs(Filters=stack_filter("SBW_Project-vpc"))["Vpcs"]
+    (vpc,) = aws.client("ec2").describe_vpcs(Filters=stack_filter("clickstream-local-vpc"))["Vpcs"]
     return vpc
 
 
@@ -134,7 +144,7 @@ def test_public_route_table_sends_the_internet_to_the_internet_gateway(aws):
     (igw,) = aws.client("ec2").describe_internet_gateways(
         Filters=[{"Name": "attachment.vpc-id", "Values": [the_vpc(aws)["VpcId"]]}]
     )["InternetGateways"]
-    public = route_tables_by_name(aws)["SBW_Project-rtb-public"]
+    public = route_tables_by_name(aws)["clickstream-local-rtb-public"]
     default_routes = [r for r in public["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
     assert [r["GatewayId"] for r in default_routes] == [igw["InternetGatewayId"]]
     assert [a["SubnetId"] for a in public["Associations"]] == [
@@ -144,7 +154,10 @@ def test_public_route_table_sends_the_internet_to_the_internet_gateway(aws):
 
 @pytest.mark.parametrize(
     ("table_name", "tier"),
-    [("SBW_Project-rtb-private1-analytics", "analytics"), ("SBW_Project-rtb-private2-etl", "etl")],
+    [
+        ("clickstream-local-rtb-private1-analytics", "analytics"),
+        ("clickstream-local-rtb-private2-etl", "etl"),
+    ],
 )
 def test_private_route_tables_have_no_default_route(aws, table_name, tier):
     table = route_tables_by_name(aws)[table_name]
@@ -174,14 +187,17 @@ def test_s3_gateway_endpoint_serves_both_private_route_tables(aws):
     assert s3["VpcEndpointType"] == "Gateway"
     assert sorted(s3["RouteTableIds"]) == sorted(
         tables[name]["RouteTableId"]
-        for name in ("SBW_Project-rtb-private1-analytics", "SBW_Project-rtb-private2-etl")
+        for name in (
+            "clickstream-local-rtb-private1-analytics",
+            "clickstream-local-rtb-private2-etl",
+        )
     )
 
 
 def test_ssm_interface_endpoints_have_private_dns_in_the_analytics_subnet(aws):
     found = endpoints(aws)
     analytics = subnets_by_tier(aws)["analytics"]["SubnetId"]
-    endpoints_group = security_groups(aws)["sg_vpc_endpoints"]["GroupId"]
+    endpoints_group = security_groups(aws)["clickstream-local-vpc-endpoints"]["GroupId"]
     for service in ("ssm", "ssmmessages", "ec2messages"):
         endpoint = found[service]
         assert endpoint["VpcEndpointType"] == "Interface"
@@ -208,10 +224,10 @@ def opens(permission: dict[str, Any], port: int) -> bool:
 
 def test_dwh_admits_postgresql_from_the_etl_group_only(aws):
     groups = security_groups(aws)
-    (rule,) = groups["sg_analytics_ShinyDWH"]["IpPermissions"]
+    (rule,) = groups["clickstream-local-dwh"]["IpPermissions"]
     assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 5432, 5432)
     assert [pair["GroupId"] for pair in rule["UserIdGroupPairs"]] == [
-        groups["sg_Lambda_ETL"]["GroupId"]
+        groups["clickstream-local-lambda-etl"]["GroupId"]
     ]
     assert rule["IpRanges"] == []
 
@@ -225,22 +241,22 @@ def test_no_private_group_opens_ssh_or_shiny(aws, group_name, port):
 
 def test_lambda_etl_group_admits_nothing_and_reaches_the_warehouse(aws):
     groups = security_groups(aws)
-    etl = groups["sg_Lambda_ETL"]
+    etl = groups["clickstream-local-lambda-etl"]
     assert etl["IpPermissions"] == []
     postgres = [p for p in etl["IpPermissionsEgress"] if opens(p, 5432)]
     assert [pair["GroupId"] for p in postgres for pair in p["UserIdGroupPairs"]] == [
-        groups["sg_analytics_ShinyDWH"]["GroupId"]
+        groups["clickstream-local-dwh"]["GroupId"]
     ]
 
 
 def test_endpoint_group_admits_https_from_the_vpc_only(aws):
-    (rule,) = security_groups(aws)["sg_vpc_endpoints"]["IpPermissions"]
+    (rule,) = security_groups(aws)["clickstream-local-vpc-endpoints"]["IpPermissions"]
     assert (rule["FromPort"], rule["ToPort"]) == (443, 443)
     assert [r["CidrIp"] for r in rule["IpRanges"]] == [VPC_CIDR]
 
 
 def test_oltp_group_is_closed_without_trusted_networks(aws):
-    assert security_groups(aws)["sg_oltp_webDB"]["IpPermissions"] == []
+    assert security_groups(aws)["clickstream-local-oltp"]["IpPermissions"] == []
 
 
 # --- Storage -----------------------------------------------------------------------------------
@@ -299,17 +315,19 @@ def statements_on(statements: list[dict[str, Any]], service: str) -> list[dict[s
 
 
 def test_ingest_may_only_put_raw_objects_under_events(aws):
-    statements = inline_policy(aws, "clickstream-ingest-lambda", "clickstream-ingest")
+    statements = inline_policy(aws, "clickstream-local-ingest-lambda", "clickstream-ingest")
     (s3,) = statements_on(statements, "s3")
     assert (s3["Effect"], s3["Action"]) == ("Allow", "s3:PutObject")
     assert s3["Resource"] == f"arn:aws:s3:::{RAW_BUCKET}/events/*"
     assert {s["Sid"] for s in statements} == {"WriteRawEvents", "WriteOwnLogs"}
-    attached = aws.client("iam").list_attached_role_policies(RoleName="clickstream-ingest-lambda")
+    attached = aws.client("iam").list_attached_role_policies(
+        RoleName="clickstream-local-ingest-lambda"
+    )
     assert attached["AttachedPolicies"] == []
 
 
 def test_etl_may_only_list_and_read_events_and_read_its_own_password(aws):
-    statements = inline_policy(aws, "clickstream-etl-lambda", "clickstream-etl")
+    statements = inline_policy(aws, "clickstream-local-etl-lambda", "clickstream-etl")
     s3 = {s["Action"]: s for s in statements_on(statements, "s3")}
     assert set(s3) == {"s3:ListBucket", "s3:GetObject"}
     assert s3["s3:ListBucket"]["Resource"] == f"arn:aws:s3:::{RAW_BUCKET}"
@@ -321,35 +339,109 @@ def test_etl_may_only_list_and_read_events_and_read_its_own_password(aws):
         f"arn:aws:ssm:ap-southeast-1:123456789012:parameter{ETL_PASSWORD_PARAMETER}"
     )
     (sqs,) = statements_on(statements, "sqs")
-    assert sqs["Resource"].endswith(":clickstream-etl-dlq")
+    assert sqs["Resource"].endswith(":clickstream-local-etl-dlq")
 
 
 def test_etl_role_has_the_lambda_vpc_access_policy(aws):
-    attached = aws.client("iam").list_attached_role_policies(RoleName="clickstream-etl-lambda")
+    attached = aws.client("iam").list_attached_role_policies(
+        RoleName="clickstream-local-etl-lambda"
+    )
     assert [p["PolicyName"] for p in attached["AttachedPolicies"]] == [
         "AWSLambdaVPCAccessExecutionRole"
     ]
 
 
-def test_dwh_instance_profile_has_ssm_core_and_the_transfer_bucket_only(aws):
-    iam = aws.client("iam")
-    profile = iam.get_instance_profile(InstanceProfileName="clickstream-dwh-instance")
-    assert [r["RoleName"] for r in profile["InstanceProfile"]["Roles"]] == [
-        "clickstream-dwh-instance"
-    ]
-    attached = iam.list_attached_role_policies(RoleName="clickstream-dwh-instance")
-    assert [p["PolicyName"] for p in attached["AttachedPolicies"]] == [
-        "AmazonSSMManagedInstanceCore"
-    ]
-    (statement,) = inline_policy(aws, "clickstream-dwh-instance", "clickstream-dwh-instance")
-    assert statement["Resource"] == f"arn:aws:s3:::{SSM_TRANSFER_BUCKET}/*"
+# What SSM Agent needs for Session Manager (AWS's minimal instance policy), and ec2messages, the
+# agent's older command channel (templates/iam/dwh_instance_policy.json.j2).
+SESSION_MANAGER_ACTIONS = {
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+}
+# What AmazonSSMManagedInstanceCore and the former transfer-bucket statement let the host do.
+ACTIONS_THE_HOST_MUST_NOT_HAVE = (
+    "ssm:GetParameter",
+    "ssm:GetParameters",
+    "ssm:GetParametersByPath",
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:ListBucket",
+    "kms:Decrypt",
+)
+
+
+def dwh_instance_role(aws: MotoServer) -> str:
+    """The role of the account's one instance profile, the DWH host's."""
+    (profile,) = aws.client("iam").list_instance_profiles()["InstanceProfiles"]
+    (role,) = profile["Roles"]
+    return role["RoleName"]
+
+
+def dwh_instance_statements(aws: MotoServer) -> list[dict[str, Any]]:
+    """Every statement of every inline policy of the DWH host's role."""
+    role = dwh_instance_role(aws)
+    names = aws.client("iam").list_role_policies(RoleName=role)["PolicyNames"]
+    return [statement for name in names for statement in inline_policy(aws, role, name)]
+
+
+def actions_of(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else action
+
+
+def test_dwh_instance_role_has_no_managed_policy(aws):
+    # AmazonSSMManagedInstanceCore grants ssm:GetParameter(s) on every parameter of the account.
+    attached = aws.client("iam").list_attached_role_policies(RoleName=dwh_instance_role(aws))
+    assert attached["AttachedPolicies"] == []
+
+
+def test_dwh_instance_role_allows_exactly_what_session_manager_needs(aws):
+    statements = dwh_instance_statements(aws)
+    assert {statement["Effect"] for statement in statements} == {"Allow"}
+    assert not [s for s in statements if "NotAction" in s or "NotResource" in s]
+    granted = [action for statement in statements for action in actions_of(statement)]
+    assert sorted(granted) == sorted(SESSION_MANAGER_ACTIONS)
+
+
+@pytest.mark.parametrize("action", ACTIONS_THE_HOST_MUST_NOT_HAVE)
+def test_dwh_instance_role_cannot_read_parameters_transfer_objects_or_keys(aws, action):
+    # A pattern in a statement ("ssm:Get*", "s3:*") would grant the action as well.
+    granted = [a for s in dwh_instance_statements(aws) for a in actions_of(s)]
+    assert [pattern for pattern in granted if fnmatch.fnmatchcase(action, pattern)] == []
 
 
 def test_only_the_dwh_host_has_an_instance_profile(aws):
     # A profile for a Lambda role would let nothing in (its trust names lambda.amazonaws.com),
     # but it is one more thing in the account to audit.
     profiles = aws.client("iam").list_instance_profiles()["InstanceProfiles"]
-    assert [profile["InstanceProfileName"] for profile in profiles] == ["clickstream-dwh-instance"]
+    assert [profile["InstanceProfileName"] for profile in profiles] == [
+        "clickstream-local-dwh-instance"
+    ]
+
+
+def test_no_postgres_admin_password_parameter_exists(aws):
+    parameters = aws.client("ssm").describe_parameters()["Parameters"]
+    assert RETIRED_ADMIN_PASSWORD_PARAMETER not in {p["Name"] for p in parameters}
+
+
+def test_the_secrets_stage_deletes_a_deployed_stacks_admin_password_parameter(aws, run_on_moto):
+    ssm = aws.client("ssm")
+    ssm.put_parameter(
+        Name=RETIRED_ADMIN_PASSWORD_PARAMETER, Value=token_urlsafe(24), Type="SecureString"
+    )
+    run = run_on_moto("playbooks/secrets.yml")
+    assert run.returncode == 0, run.explain()
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name=RETIRED_ADMIN_PASSWORD_PARAMETER)
 
 
 def test_warehouse_passwords_are_secure_string_parameters(aws):
@@ -362,8 +454,12 @@ def test_warehouse_passwords_are_secure_string_parameters(aws):
 def test_second_run_kept_the_generated_passwords(runs):
     # overwrite_value: never. The first run created them; the second reported no change.
     _, second = runs
-    (secrets,) = [r for r in second.task_results if r.play.startswith("Secrets")]
-    assert secrets.changed is False
+    (passwords,) = [
+        r
+        for r in second.task_results
+        if r.task == "Ensure each warehouse password exists as a SecureString parameter"
+    ]
+    assert passwords.changed is False
 
 
 # --- Lambdas -----------------------------------------------------------------------------------
@@ -394,7 +490,9 @@ def test_ingest_runs_outside_the_vpc_and_knows_the_raw_bucket(aws):
 def test_etl_runs_in_the_etl_subnet_with_its_security_group(aws):
     vpc_config = function(aws, ETL_FUNCTION)["Configuration"]["VpcConfig"]
     assert vpc_config["SubnetIds"] == [subnets_by_tier(aws)["etl"]["SubnetId"]]
-    assert vpc_config["SecurityGroupIds"] == [security_groups(aws)["sg_Lambda_ETL"]["GroupId"]]
+    assert vpc_config["SecurityGroupIds"] == [
+        security_groups(aws)["clickstream-local-lambda-etl"]["GroupId"]
+    ]
 
 
 def test_etl_environment_names_the_password_parameter_and_holds_no_password(aws):
@@ -424,14 +522,14 @@ def test_function_log_groups_keep_logs_30_days(aws):
 
 def test_etl_dead_letter_queue_accepts_the_schedule_rule_only(aws):
     sqs = aws.client("sqs")
-    url = sqs.get_queue_url(QueueName="clickstream-etl-dlq")["QueueUrl"]
+    url = sqs.get_queue_url(QueueName="clickstream-local-etl-dlq")["QueueUrl"]
     policy = json.loads(
         sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]["Policy"]
     )
     (statement,) = policy["Statement"]
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
     assert statement["Condition"]["ArnEquals"]["aws:SourceArn"].endswith(
-        ":rule/SBW_ETL_HOURLY_RULE"
+        ":rule/clickstream-local-etl-hourly"
     )
 
 
@@ -444,18 +542,20 @@ def lambda_policy_statements(aws: MotoServer, name: str) -> list[dict[str, Any]]
 
 def test_hourly_rule_targets_etl_with_retries_and_a_dead_letter_queue(aws):
     events = aws.client("events")
-    rule = events.describe_rule(Name="SBW_ETL_HOURLY_RULE")
+    rule = events.describe_rule(Name="clickstream-local-etl-hourly")
     assert (rule["ScheduleExpression"], rule["State"]) == ("rate(1 hour)", "ENABLED")
-    (target,) = events.list_targets_by_rule(Rule="SBW_ETL_HOURLY_RULE")["Targets"]
+    (target,) = events.list_targets_by_rule(Rule="clickstream-local-etl-hourly")["Targets"]
     assert target["Arn"] == function(aws, ETL_FUNCTION)["Configuration"]["FunctionArn"]
     assert target["RetryPolicy"] == {"MaximumRetryAttempts": 4, "MaximumEventAgeInSeconds": 3600}
-    assert target["DeadLetterConfig"]["Arn"].endswith(":clickstream-etl-dlq")
+    assert target["DeadLetterConfig"]["Arn"].endswith(":clickstream-local-etl-dlq")
 
 
 def test_eventbridge_may_invoke_etl_from_the_rule_only(aws):
     (statement,) = lambda_policy_statements(aws, ETL_FUNCTION)
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
-    assert statement["Condition"]["ArnLike"]["AWS:SourceArn"].endswith(":rule/SBW_ETL_HOURLY_RULE")
+    assert statement["Condition"]["ArnLike"]["AWS:SourceArn"].endswith(
+        ":rule/clickstream-local-etl-hourly"
+    )
 
 
 # --- API ---------------------------------------------------------------------------------------
@@ -469,7 +569,7 @@ def the_api(aws: MotoServer) -> dict[str, Any]:
 def test_api_routes_post_clickstream_to_ingest_with_payload_2(aws):
     client = aws.client("apigatewayv2")
     api = the_api(aws)
-    assert api["Name"] == "clickstream-http-api"
+    assert api["Name"] == "clickstream-local-http-api"
     (route,) = client.get_routes(ApiId=api["ApiId"])["Items"]
     (integration,) = client.get_integrations(ApiId=api["ApiId"])["Items"]
     assert route["RouteKey"] == "POST /clickstream"
@@ -487,7 +587,7 @@ def test_api_allows_the_shop_origin_and_logs_and_throttles_its_default_stage(aws
     assert stage["AutoDeploy"] is True
     assert stage["DefaultRouteSettings"]["ThrottlingBurstLimit"] == 200
     assert stage["AccessLogSettings"]["DestinationArn"].endswith(
-        ":log-group:/aws/apigateway/clickstream-http-api"
+        ":log-group:/aws/apigateway/clickstream-local-http-api"
     )
 
 
@@ -505,7 +605,7 @@ def test_api_gateway_may_invoke_ingest_from_the_route_only(aws):
 def dwh_instance(aws: MotoServer) -> dict[str, Any]:
     reservations = aws.client("ec2").describe_instances(
         Filters=[
-            *stack_filter("SBW_EC2_ShinyDWH"),
+            *stack_filter("clickstream-local-dwh"),
             {"Name": "instance-state-name", "Values": ["running"]},
         ]
     )["Reservations"]
@@ -517,9 +617,9 @@ def test_dwh_host_is_private_in_the_analytics_subnet(aws):
     instance = dwh_instance(aws)
     assert "PublicIpAddress" not in instance
     assert instance["SubnetId"] == subnets_by_tier(aws)["analytics"]["SubnetId"]
-    assert [g["GroupName"] for g in instance["SecurityGroups"]] == ["sg_analytics_ShinyDWH"]
+    assert [g["GroupName"] for g in instance["SecurityGroups"]] == ["clickstream-local-dwh"]
     assert instance["IamInstanceProfile"]["Arn"].endswith(
-        ":instance-profile/clickstream-dwh-instance"
+        ":instance-profile/clickstream-local-dwh-instance"
     )
 
 
@@ -542,56 +642,210 @@ def test_dwh_host_carries_the_tags_the_inventory_finds_it_by(aws):
 
 
 def test_no_oltp_host_by_default(aws):
-    reservations = aws.client("ec2").describe_instances(Filters=stack_filter("SBW_EC2_WebDB"))
+    reservations = aws.client("ec2").describe_instances(
+        Filters=stack_filter("clickstream-local-oltp")
+    )
     assert reservations["Reservations"] == []
 
 
 # --- Monitoring --------------------------------------------------------------------------------
 
+# What the alarms are expected to be, read from the inventory the runs used (never copied here).
+MONITORING_VARIABLES = [
+    "platform_project",
+    "platform_stack",
+    "monitoring_alarms",
+    "monitoring_topic_name",
+    "monitoring_api_5xx_threshold",
+    "monitoring_ingest_period_seconds",
+    "monitoring_etl_period_seconds",
+    "monitoring_etl_max_lag_seconds",
+    "lambdas_ingest_name",
+    "lambdas_etl_name",
+    "schedule_rule_name",
+    "schedule_expression",
+]
 
-def alarms(aws: MotoServer) -> dict[str, dict[str, Any]]:
-    found = aws.client("cloudwatch").describe_alarms(AlarmNamePrefix="clickstream-local-")
-    return {alarm["AlarmName"]: alarm for alarm in found["MetricAlarms"]}
+
+@pytest.fixture(scope="module")
+def monitoring(aws: MotoServer) -> dict[str, Any]:
+    return render_variables(
+        MONITORING_VARIABLES,
+        "inventories/local",
+        environment={**os.environ, **aws_environment(aws.endpoint_url)},
+    )
 
 
-def test_alarms_watch_both_functions_and_the_api(aws):
-    found = alarms(aws)
-    for function_name in (INGEST_FUNCTION, ETL_FUNCTION):
+def alarm_prefix(monitoring: dict[str, Any]) -> str:
+    return f"{monitoring['platform_project']}-{monitoring['platform_stack']}-"
+
+
+def alarms(aws: MotoServer, monitoring: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The stack's alarms by their name after the stack's prefix."""
+    prefix = alarm_prefix(monitoring)
+    found = aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=prefix)
+    return {alarm["AlarmName"].removeprefix(prefix): alarm for alarm in found["MetricAlarms"]}
+
+
+def alarm_topic_arn(aws: MotoServer, monitoring: dict[str, Any]) -> str:
+    (arn,) = [
+        topic["TopicArn"]
+        for topic in aws.client("sns").list_topics()["Topics"]
+        if topic["TopicArn"].endswith(f":{monitoring['monitoring_topic_name']}")
+    ]
+    return arn
+
+
+def schedule_period_seconds(expression: str) -> int:
+    """The period of an EventBridge rate() expression, e.g. rate(1 hour) -> 3600."""
+    amount, unit = expression.removeprefix("rate(").removesuffix(")").split()
+    return int(amount) * {"minute": 60, "hour": 3600, "day": 86400}[unit.rstrip("s")]
+
+
+READ_BACK_FIELDS = (
+    "namespace",
+    "metric",
+    "dimensions",
+    "statistic",
+    "comparison",
+    "threshold",
+    "period",
+    "evaluation_periods",
+    "datapoints_to_alarm",
+    "missing",
+    "description",
+)
+
+
+def read_back(alarm: dict[str, Any]) -> dict[str, Any]:
+    """An alarm as describe_alarms returns it, in the inventory's terms (monitoring_alarms)."""
+    return {
+        "namespace": alarm["Namespace"],
+        "metric": alarm["MetricName"],
+        "dimensions": {d["Name"]: d["Value"] for d in alarm["Dimensions"]},
+        "statistic": alarm["Statistic"],
+        "comparison": alarm["ComparisonOperator"],
+        "threshold": alarm["Threshold"],
+        "period": alarm["Period"],
+        "evaluation_periods": alarm["EvaluationPeriods"],
+        "datapoints_to_alarm": alarm["DatapointsToAlarm"],
+        "missing": alarm["TreatMissingData"],
+        "description": alarm["AlarmDescription"],
+    }
+
+
+def test_every_alarm_reads_back_as_the_inventory_defines_it(aws, monitoring):
+    found = alarms(aws, monitoring)
+    for expected in monitoring["monitoring_alarms"]:
+        wanted = {key: value for key, value in expected.items() if key in READ_BACK_FIELDS}
+        wanted["threshold"] = float(wanted["threshold"])
+        assert read_back(found[expected["name"]]) == wanted, expected["name"]
+
+
+def test_the_stack_has_no_alarm_the_inventory_does_not_define(aws, monitoring):
+    defined = {alarm["name"] for alarm in monitoring["monitoring_alarms"]} | {"api-5xx"}
+    assert set(alarms(aws, monitoring)) == defined
+
+
+def test_alarms_watch_both_functions_and_the_api(aws, monitoring):
+    found = alarms(aws, monitoring)
+    for role, function_name in (
+        ("ingest", monitoring["lambdas_ingest_name"]),
+        ("etl", monitoring["lambdas_etl_name"]),
+    ):
         for metric in ("Errors", "Throttles", "Duration"):
-            alarm = found[f"clickstream-local-{function_name}-{metric.lower()}"]
+            alarm = found[f"{role}-{metric.lower()}"]
             assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/Lambda", metric)
             assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": function_name}]
-    api_alarm = found["clickstream-local-api-5xx"]
-    assert (api_alarm["Namespace"], api_alarm["MetricName"]) == ("AWS/ApiGateway", "5xx")
-    assert {"Name": "ApiId", "Value": the_api(aws)["ApiId"]} in api_alarm["Dimensions"]
+    api_alarm = read_back(found["api-5xx"])
+    assert api_alarm | {"dimensions": None, "description": None} == {
+        "namespace": "AWS/ApiGateway",
+        "metric": "5xx",
+        "dimensions": None,
+        "statistic": "Sum",
+        "comparison": "GreaterThanOrEqualToThreshold",
+        "threshold": float(monitoring["monitoring_api_5xx_threshold"]),
+        "period": monitoring["monitoring_ingest_period_seconds"],
+        "evaluation_periods": 1,
+        "datapoints_to_alarm": 1,
+        "missing": "notBreaching",
+        "description": None,
+    }
+    assert api_alarm["dimensions"] == {"ApiId": the_api(aws)["ApiId"], "Stage": "$default"}
 
 
-def test_alarms_watch_the_etl_embedded_metrics(aws):
-    found = alarms(aws)
+def test_alarms_watch_the_etl_embedded_metrics(aws, monitoring):
+    found = alarms(aws, monitoring)
     for name, metric in (
         ("etl-run-failed", "RunFailed"),
         ("etl-lag", "LagSeconds"),
         ("etl-rejected-lines", "RejectedLines"),
     ):
-        alarm = found[f"clickstream-local-{name}"]
+        alarm = found[name]
         assert (alarm["Namespace"], alarm["MetricName"]) == ("Clickstream", metric)
         assert alarm["Dimensions"] == [{"Name": "Function", "Value": "etl"}]
 
 
-def test_alarms_notify_the_alarm_topic(aws):
-    (topic,) = aws.client("sns").list_topics()["Topics"]
-    assert topic["TopicArn"].endswith(":clickstream-alarms")
-    assert {tuple(a["AlarmActions"]) for a in alarms(aws).values()} == {(topic["TopicArn"],)}
+def test_etl_alarms_look_at_one_schedule_period(aws, monitoring):
+    period = schedule_period_seconds(monitoring["schedule_expression"])
+    assert monitoring["monitoring_etl_period_seconds"] == period
+    etl_alarms = [
+        alarm for name, alarm in alarms(aws, monitoring).items() if name.startswith("etl-")
+    ]
+    assert {alarm["Period"] for alarm in etl_alarms} == {period}
+
+
+def test_etl_lag_fires_on_2_of_3_periods_and_not_before_the_first_run(aws, monitoring):
+    lag = alarms(aws, monitoring)["etl-lag"]
+    # One period without a report (a run that drifted over the boundary) never fires it ...
+    assert (lag["DatapointsToAlarm"], lag["EvaluationPeriods"]) == (2, 3)
+    # ... and no report at all (before the first run) is no lag.
+    assert lag["TreatMissingData"] == "notBreaching"
+    assert lag["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert lag["Threshold"] == monitoring["monitoring_etl_max_lag_seconds"]
+
+
+def test_an_etl_that_stops_being_invoked_notifies_without_alarming_before_the_first_run(
+    aws, monitoring
+):
+    not_running = alarms(aws, monitoring)["etl-not-running"]
+    assert (not_running["Namespace"], not_running["MetricName"]) == ("AWS/Lambda", "Invocations")
+    assert not_running["Dimensions"] == [
+        {"Name": "FunctionName", "Value": monitoring["lambdas_etl_name"]}
+    ]
+    # Lambda publishes no Invocations datapoint for a function nobody invokes: "missing" keeps
+    # the alarm in INSUFFICIENT_DATA until the first run (no change of state, no message), OK
+    # after it, and back to INSUFFICIENT_DATA, which notifies, when the invocations stop.
+    assert not_running["TreatMissingData"] == "missing"
+    assert not_running["InsufficientDataActions"] == [alarm_topic_arn(aws, monitoring)]
+    assert not_running["EvaluationPeriods"] == not_running["DatapointsToAlarm"] >= 2
+
+
+def test_a_schedule_that_cannot_invoke_the_etl_alarms(aws, monitoring):
+    failed = alarms(aws, monitoring)["etl-schedule-failed"]
+    assert (failed["Namespace"], failed["MetricName"]) == ("AWS/Events", "FailedInvocations")
+    assert failed["Dimensions"] == [{"Name": "RuleName", "Value": monitoring["schedule_rule_name"]}]
+
+
+def test_alarms_notify_the_alarm_topic(aws, monitoring):
+    topic_arn = alarm_topic_arn(aws, monitoring)
+    found = alarms(aws, monitoring).values()
+    assert {tuple(alarm["AlarmActions"]) for alarm in found} == {(topic_arn,)}
+    assert {tuple(alarm["OKActions"]) for alarm in found} == {(topic_arn,)}
+    notified_when_insufficient = {tuple(a.get("InsufficientDataActions", [])) for a in found}
+    assert notified_when_insufficient <= {(topic_arn,), ()}
 
 
 # --- The DWH host in the aws inventory -----------------------------------------------------------
 
 
-def listed_inventory(source: str) -> dict[str, Any]:
-    """``ansible-inventory -i SOURCE --list`` on this module's account."""
+def listed_inventory(source: str, environment: dict[str, str] | None = None) -> dict[str, Any]:
+    """``ansible-inventory -i SOURCE --list`` on this module's account, with ``environment``
+    added to this process's."""
     listed = subprocess.run(
         [str(ANSIBLE_INVENTORY), "-i", source, "--list"],
         cwd=REPO_ROOT,
+        env={**os.environ, **(environment or {})},
         capture_output=True,
         text=True,
         check=True,
@@ -611,14 +865,15 @@ def inventory_host_vars(inventory: dict[str, Any], host: str) -> dict[str, Any]:
     }
 
 
-def test_aws_ec2_inventory_finds_the_dwh_host_and_reaches_it_through_ssm(aws, tmp_path):
-    # The aws inventory's plugin configuration, with the emulated stack's Stack tag.
-    config = yaml.safe_load((REPO_ROOT / "inventories/aws/aws_ec2.yml").read_text())
-    config["filters"]["tag:Stack"] = "local"
-    (tmp_path / "aws_ec2.yml").write_text(yaml.safe_dump(config))
-    inventory = listed_inventory(str(tmp_path / "aws_ec2.yml"))
-    assert inventory["dwh"]["hosts"] == ["SBW_EC2_ShinyDWH"]
-    host = inventory_host_vars(inventory, "SBW_EC2_ShinyDWH")
+def test_aws_ec2_inventory_finds_the_dwh_host_and_reaches_it_through_ssm(aws):
+    # The aws inventory's plugin configuration, with the emulated stack selected the way an
+    # operator selects a stack: CLICKSTREAM_STACK (and CLICKSTREAM_REGION).
+    inventory = listed_inventory(
+        "inventories/aws/aws_ec2.yml",
+        {"CLICKSTREAM_STACK": "local", "CLICKSTREAM_REGION": "ap-southeast-1"},
+    )
+    assert inventory["dwh"]["hosts"] == ["clickstream-local-dwh"]
+    host = inventory_host_vars(inventory, "clickstream-local-dwh")
     assert host["ansible_host"] == dwh_instance(aws)["InstanceId"]
     assert host["ansible_connection"] == "amazon.aws.aws_ssm"
     assert host["ansible_aws_ssm_bucket_name"] == SSM_TRANSFER_BUCKET
@@ -638,8 +893,8 @@ def test_local_inventory_finds_the_emulated_instance_by_its_tags_and_maps_it_to_
     # The local inventory finds the DWH host the way the aws one does (aws_ec2, by tags), so the
     # host stages of `make up` take the same path as in AWS; only the connection differs.
     inventory = listed_inventory("inventories/local")
-    assert inventory["dwh"]["hosts"] == ["SBW_EC2_ShinyDWH"]
-    host = inventory_host_vars(inventory, "SBW_EC2_ShinyDWH")
+    assert inventory["dwh"]["hosts"] == ["clickstream-local-dwh"]
+    host = inventory_host_vars(inventory, "clickstream-local-dwh")
     assert host["ansible_connection"] == "nspawn"
     # The machine `make up` boots: local_platform_dwh_machine, composed from the same tags.
     assert host["ansible_nspawn_machine"] == "clickstream-local-dwh"
@@ -664,7 +919,8 @@ def test_a_host_stage_whose_host_does_not_answer_fails_naming_what_to_check(aws,
     ]
     failure = run.failures[-1]
     assert (
-        "SBW_EC2_ShinyDWH did not answer over the nspawn connection in 2 s" in failure.result["msg"]
+        "clickstream-local-dwh did not answer over the nspawn connection in 2 s"
+        in failure.result["msg"]
     )
     assert ABSENT in failure.result["msg"]
     assert not [result for result in run.task_results if result.play.startswith("Configure")]
@@ -771,10 +1027,10 @@ def test_bootstrap_nat_gives_only_the_analytics_subnet_a_default_route(bootstrap
     with_nat = bootstrap_nat["with_nat"]
     (nat_gateway,) = with_nat["nat_gateways"]
     tables = with_nat["route_tables"]
-    assert default_route_targets(tables["SBW_Project-rtb-private1-analytics"]) == [
+    assert default_route_targets(tables["clickstream-local-rtb-private1-analytics"]) == [
         nat_gateway["NatGatewayId"]
     ]
-    assert default_route_targets(tables["SBW_Project-rtb-private2-etl"]) == []
+    assert default_route_targets(tables["clickstream-local-rtb-private2-etl"]) == []
 
 
 def test_switching_the_bootstrap_nat_off_removes_it_its_route_and_its_address(bootstrap_nat, aws):
@@ -782,6 +1038,7 @@ def test_switching_the_bootstrap_nat_off_removes_it_its_route_and_its_address(bo
     live = [{"Name": "state", "Values": ["pending", "available"]}]
     assert ec2.describe_nat_gateways(Filters=live)["NatGateways"] == []
     assert (
-        default_route_targets(route_tables_by_name(aws)["SBW_Project-rtb-private1-analytics"]) == []
+        default_route_targets(route_tables_by_name(aws)["clickstream-local-rtb-private1-analytics"])
+        == []
     )
     assert aws.client("ec2").describe_addresses()["Addresses"] == []

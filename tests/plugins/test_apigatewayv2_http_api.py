@@ -25,11 +25,11 @@ from tests.fixtures.aws import MotoServer
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_PATH = REPO_ROOT / "plugins" / "modules" / "apigatewayv2_http_api.py"
 
-INGEST_LAMBDA_ARN = "arn:aws:lambda:ap-southeast-1:123456789012:function:clickstream-ingest"
+INGEST_LAMBDA_ARN = "arn:aws:lambda:ap-southeast-1:123456789012:function:clickstream-local-ingest"
 BACKFILL_LAMBDA_ARN = "arn:aws:lambda:ap-southeast-1:123456789012:function:clickstream-backfill"
 LOG_GROUP_ARN = "arn:aws:logs:ap-southeast-1:123456789012:log-group:/clickstream/http-api"
 ACCESS_LOG_FORMAT = '{"requestId":"$context.requestId","status":"$context.status"}'
-API_NAME = "clickstream-http-api"
+API_NAME = "clickstream-local-http-api"
 
 # moto 5.2.5 has no UpdateStage: the server raises NotImplementedError ("The update_stage action
 # has not been implemented") and answers HTTP 500. Remove the marker once moto implements it.

@@ -18,20 +18,20 @@ from typing import Any
 import pytest
 
 from tests.fixtures.ansible import run_playbook
-from tests.fixtures.aws import MotoServer, aws_environment
+from tests.fixtures.aws import MotoServer, aws_environment, stack_bucket_name
 
-MIRROR_BUCKET = "clickstream-package-mirror-local"
+MIRROR_BUCKET = stack_bucket_name("mirror")
 BUCKETS = (
-    "clickstream-s3-ingest",
-    "clickstream-s3-sbw",
-    "clickstream-ssm-transfer-local",
+    stack_bucket_name("raw"),
+    stack_bucket_name("media"),
+    stack_bucket_name("transfer"),
     MIRROR_BUCKET,
 )
 # What a reader or a writer of each kind of resource asks S3 for.
 OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:GetObjectVersion")
 BUCKET_ACTIONS = ("s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketPolicy")
 # Anyone: another account, a role of this account, an anonymous caller.
-PRINCIPALS = ("*", "arn:aws:iam::123456789012:role/clickstream-etl-lambda")
+PRINCIPALS = ("*", "arn:aws:iam::123456789012:role/clickstream-local-etl-lambda")
 # (caller, action, resource)
 Request = tuple[str, str, str]
 

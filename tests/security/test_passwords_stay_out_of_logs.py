@@ -27,8 +27,7 @@ WINDOW_RUN = {"start": "2025-12-01T10", "end": "2025-12-01T10"}
 PASSWORD_PARAMETER = "/clickstream/test/warehouse/etl-writer-password"
 # The secrets stage's parameters in the local inventory (stack "local").
 STACK_PASSWORD_PARAMETERS = [
-    f"/clickstream/local/warehouse/{name}-password"
-    for name in ("etl-writer", "dashboard-reader", "postgres-admin")
+    f"/clickstream/local/warehouse/{name}-password" for name in ("etl-writer", "dashboard-reader")
 ]
 
 

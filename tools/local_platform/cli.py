@@ -20,6 +20,10 @@ IP, and the dashboards also at the machine's 127.0.0.1 (the SSM port forward's s
 keeps the functions but cannot run them, so `up` ends by (re)starting the local Lambda runtime
 (runtime.py): the HTTP API, Lambda Invoke and the schedule.
 
+The emulator enforces IAM (emulator.py --enforce-iam): site.yml, `make psql` and `make env` use
+the operator's key, and each function runs with its own execution role's credentials. The keys
+are made at random by the first `up` and kept (0600) in the state directory (credentials.py).
+
 Every address and port comes from the local inventory (inventories/local/hosts.yml and the
 group_vars beside it), read with Ansible itself; no host is contacted and the emulator need not
 run. Must run as root (systemd-nspawn, nsenter).
@@ -32,7 +36,6 @@ import contextlib
 import http.client
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -43,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.local_platform import credentials
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 INVENTORY = REPOSITORY / "inventories" / "local"
 # Only the static part of the local inventory: its group_vars load, and its aws_ec2 source, which
@@ -50,11 +55,6 @@ INVENTORY = REPOSITORY / "inventories" / "local"
 SETTINGS_INVENTORY = INVENTORY / "hosts.yml"
 BIN = Path(sys.executable).parent
 NSPAWN_TOOL = REPOSITORY / "tools" / "molecule_nspawn.py"
-# The emulator's credentials: any value works.
-AWS_ACCESS_KEY_ID = "local-platform"
-# moto checks no signature: each process signs with a key of its own, made up here, so that no
-# key is written anywhere (and none that Ansible would mask in its output is a common word).
-AWS_SECRET_ACCESS_KEY = secrets.token_urlsafe(30)
 STOP_TIMEOUT_SECONDS = 15
 START_TIMEOUT_SECONDS = 60
 DASHBOARD_START_SECONDS = 120
@@ -157,14 +157,38 @@ class Settings:
             (self.dwh_address, self.dashboard_instance_port),
         ]
 
+    @property
+    def iam_keys(self) -> Path:
+        """The emulator's access keys (credentials.py), made by the first `up`."""
+        return self.state_dir / "iam-keys.json"
+
+    def operator_key(self) -> dict[str, str]:
+        if not self.iam_keys.exists():
+            raise PlatformError(f"the emulator has no keys yet ({self.iam_keys}): run `make up`")
+        return credentials.access_keys(self.iam_keys)[credentials.OPERATOR]
+
     def aws_environment(self) -> dict[str, str]:
+        """The operator's AWS environment: the emulator, signed with the operator's key."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": AWS_SECRET_ACCESS_KEY,
+            **credentials.key_environment(self.operator_key()),
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
         }
+
+    def aws_client(self, service: str, endpoint_url: str | None = None, **options: Any) -> Any:
+        """A boto3 client of the emulator (or of ``endpoint_url``) with the operator's key."""
+        import boto3
+
+        key = self.operator_key()
+        return boto3.client(
+            service,
+            endpoint_url=endpoint_url or self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+            **options,
+        )
 
     def pid_file(self, daemon: str) -> Path:
         return self.state_dir / f"{daemon}.pid"
@@ -308,7 +332,11 @@ def ensure_moto(settings: Settings) -> str:
         and port_answers(settings.moto_port)
         and port_answers(settings.s3_gateway_endpoint_port)
     ):
-        return "running"
+        if settings.iam_keys.exists():
+            return "running"
+        # Started by an earlier `make up`, before IAM was enforced: its account knows no key.
+        stop_daemon(settings, "moto")
+    credentials.access_keys(settings.iam_keys)
     environment = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
     start_daemon(
         settings,
@@ -322,6 +350,7 @@ def ensure_moto(settings: Settings) -> str:
             "-p",
             str(settings.moto_port),
             f"--s3-gateway-endpoint-port={settings.s3_gateway_endpoint_port}",
+            f"--enforce-iam={settings.iam_keys}",
             f"--state-dir={settings.state_dir}",
         ],
         environment,
@@ -344,6 +373,7 @@ def restart_runtime(settings: Settings) -> None:
         f"--api-port={settings.ingest_port}",
         f"--static-port={settings.shop_port}",
         f"--static-dir={REPOSITORY / 'files'}",
+        f"--iam-keys={settings.iam_keys}",
     ]
     environment = {**os.environ, **settings.aws_environment(), "PYTHONPATH": str(REPOSITORY)}
     start_daemon(
@@ -445,7 +475,8 @@ def up(arguments: argparse.Namespace) -> int:
     settings = read_settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     print(
-        f"local platform: AWS emulator (moto) on {settings.endpoint_url}: {ensure_moto(settings)}",
+        f"local platform: AWS emulator (moto, IAM enforced) on {settings.endpoint_url}: "
+        f"{ensure_moto(settings)}",
         flush=True,
     )
     print(
@@ -558,15 +589,11 @@ def status(arguments: argparse.Namespace) -> int:
 
 
 def lambda_client(settings: Settings):
-    import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    return settings.aws_client(
         "lambda",
         endpoint_url=settings.invoke_url,
-        region_name=settings.region,
-        aws_access_key_id=AWS_ACCESS_KEY_ID,
-        aws_secret_access_key=AWS_SECRET_ACCESS_KEY,
         config=Config(read_timeout=960, retries={"max_attempts": 0}),
     )
 
@@ -604,16 +631,8 @@ def traffic(arguments: argparse.Namespace) -> int:
 
 
 def psql(arguments: argparse.Namespace) -> int:
-    import boto3
-
     settings = read_settings()
-    ssm = boto3.client(
-        "ssm",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=AWS_ACCESS_KEY_ID,
-        aws_secret_access_key=AWS_SECRET_ACCESS_KEY,
-    )
+    ssm = settings.aws_client("ssm")
     password = ssm.get_parameter(Name=settings.etl_password_parameter, WithDecryption=True)
     # In psql's environment only: never on its command line or printed.
     environment = {**os.environ, "PGPASSWORD": password["Parameter"]["Value"]}
@@ -624,6 +643,7 @@ def psql(arguments: argparse.Namespace) -> int:
 
 
 def env(arguments: argparse.Namespace) -> int:
+    """The operator's environment for a shell (the key is random, URL-safe: no quoting needed)."""
     for name, value in read_settings().aws_environment().items():
         print(f"export {name}={value}")
     return 0

@@ -1,6 +1,6 @@
 """The local platform's stand-in for API Gateway: POST /clickstream on loopback → Lambda Ingest.
 
-In AWS, the HTTP API `clickstream-http-api` answers CORS preflights for the shop's origins and
+In AWS, the HTTP API `clickstream-STACK-http-api` answers CORS preflights for the shop's origins and
 turns each POST /clickstream into a payload-format-2.0 event for Lambda Ingest. moto stores the
 API and the function but runs neither without Docker, so the local platform serves the same
 contract here: the handler it calls is the deployed function's code, unchanged. Not production

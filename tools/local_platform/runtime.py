@@ -17,8 +17,12 @@ everything from the emulated account, as AWS would:
 
 Code: a function runs from the deployment zip whose SHA-256 is the ``CodeSha256`` the emulator
 holds (found in ``--build-dir``), unpacked once, in a worker process of its own
-(lambda_worker.py) with the function's environment plus the emulator's endpoint and credentials.
-A function whose deployed code is not found is refused, never run from the sources.
+(lambda_worker.py) with the function's environment plus the emulator's endpoint and, as Lambda
+gives them, its execution role's credentials: ``sts:AssumeRole`` of the function's Role, made as
+the Lambda service (with its stand-in's key from ``--iam-keys``, credentials.py, when the
+emulator enforces IAM), renewed with each new worker and before they expire. A worker never
+holds the runtime's own credentials. A function whose deployed code is not found is refused,
+never run from the sources.
 
 Not production code: it exists only for the local inventory (make up).
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -46,7 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
+from tools.local_platform import credentials
 from tools.local_platform.http_api import HttpApi
 
 WORKER = Path(__file__).with_name("lambda_worker.py")
@@ -57,6 +64,8 @@ UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 CONFIGURATION_TTL_SECONDS = 5.0
 # Lambda retries a failed asynchronous invocation twice.
 ASYNC_RETRIES = 2
+# A worker whose role credentials expire sooner than this is replaced before an invocation.
+CREDENTIALS_RENEWAL_SECONDS = 300
 
 
 def log(message: str, **fields: Any) -> None:
@@ -74,6 +83,11 @@ class FunctionError(Exception):
         self.payload, self.kind = payload, kind
 
 
+class Throttled(Exception):
+    """A synchronous invocation found the function's reserved concurrency taken: Lambda answers
+    429 TooManyRequestsException (reason ReservedFunctionConcurrentInvocationLimitExceeded)."""
+
+
 @dataclass(frozen=True)
 class Deployment:
     """What the emulator says a function is: what the worker must run and how."""
@@ -86,6 +100,7 @@ class Deployment:
     memory_mb: int
     code_sha256: str  # base64, as Lambda reports it
     environment: tuple[tuple[str, str], ...]
+    role: str  # the execution role's ARN
 
 
 def code_sha256(path: Path) -> str:
@@ -96,9 +111,15 @@ class Worker:
     """One execution environment: a lambda_worker.py process running one deployment."""
 
     def __init__(
-        self, deployment: Deployment, code_directory: Path, aws_environment: dict, log_path: Path
+        self,
+        deployment: Deployment,
+        code_directory: Path,
+        aws_environment: dict,
+        log_path: Path,
+        credentials_expire_at: float = float("inf"),
     ) -> None:
         self.deployment = deployment
+        self.credentials_expire_at = credentials_expire_at
         reply_read, reply_write = os.pipe()
         environment = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -169,6 +190,9 @@ class Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def credentials_expire_soon(self) -> bool:
+        return self.credentials_expire_at - time.time() < CREDENTIALS_RENEWAL_SECONDS
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -179,15 +203,30 @@ class Worker:
 class Runtime:
     """Runs the emulator's functions from their deployed zips, one worker per function."""
 
-    def __init__(self, endpoint_url: str, region: str, build_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self,
+        endpoint_url: str,
+        region: str,
+        build_dir: Path,
+        state_dir: Path,
+        lambda_service_key: dict[str, str] | None = None,
+    ) -> None:
         self.endpoint_url, self.region = endpoint_url, region
         self.build_dir, self.state_dir = build_dir, state_dir
+        # The runtime's own credentials, for what the Lambda service itself reads (functions'
+        # configurations, the HTTP API, the schedule); never given to a worker.
         self.aws_environment = {
             "AWS_ENDPOINT_URL": endpoint_url,
             "AWS_REGION": region,
             "AWS_DEFAULT_REGION": region,
             "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "local"),
             "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+        }
+        # Who assumes the functions' roles: the Lambda service's stand-in where IAM is enforced;
+        # else any key does (moto then checks no trust policy).
+        self.lambda_service_key = lambda_service_key or {
+            "AccessKeyId": self.aws_environment["AWS_ACCESS_KEY_ID"],
+            "SecretAccessKey": self.aws_environment["AWS_SECRET_ACCESS_KEY"],
         }
         self._clients: dict[str, Any] = {}
         self._workers: dict[str, Worker] = {}
@@ -231,9 +270,37 @@ class Runtime:
             environment=tuple(
                 sorted((configuration.get("Environment") or {}).get("Variables", {}).items())
             ),
+            role=configuration["Role"],
         )
         self._configurations[name] = (time.monotonic(), deployment)
         return deployment
+
+    def execution_environment(self, deployment: Deployment) -> tuple[dict[str, str], float]:
+        """The function's AWS environment, as Lambda sets it: the endpoint, the region and its
+        execution role's temporary credentials; and when those expire (epoch seconds)."""
+        try:
+            role = credentials.assume_role(
+                self.endpoint_url,
+                self.region,
+                self.lambda_service_key,
+                deployment.role,
+                session=deployment.name,
+            )
+        except ClientError as error:
+            raise FunctionError(
+                {
+                    "errorMessage": f"Lambda could not assume {deployment.name}'s execution "
+                    f"role {deployment.role}: {error}",
+                    "errorType": "InvalidParameterValueException",
+                }
+            ) from error
+        environment = {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            **credentials.key_environment(role),
+        }
+        return environment, role["Expiration"].timestamp()
 
     def code_directory(self, deployment: Deployment) -> Path:
         """The deployed zip, unpacked once: the one in --build-dir with the deployed hash."""
@@ -265,23 +332,52 @@ class Runtime:
             }
         )
 
-    def invoke(self, name: str, event: Any) -> Any:
-        """One synchronous invocation; raises FunctionError as Lambda would report it."""
+    def reserved_concurrency(self, name: str) -> int | None:
+        """The function's reserved concurrency in the emulator, read afresh (None: none)."""
+        response = self.client("lambda").get_function_concurrency(FunctionName=name)
+        reserved = response.get("ReservedConcurrentExecutions")
+        return None if reserved is None else int(reserved)
+
+    @contextlib.contextmanager
+    def _execution_environment(self, name: str, lock: threading.Lock, throttle: bool):
+        """Hold the function's one execution environment. With ``throttle``, as Lambda treats
+        a synchronous invocation: Throttled when the reservation is 0, or 1 and the environment
+        is busy, instead of waiting. Otherwise (and for reservations above 1, which one local
+        environment cannot serve at once) invocations wait their turn."""
+        reserved = self.reserved_concurrency(name) if throttle else None
+        if reserved == 0 or (reserved == 1 and not lock.acquire(blocking=False)):
+            log("throttled", function=name, reserved_concurrency=reserved)
+            raise Throttled(name)
+        if reserved != 1:
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def invoke(self, name: str, event: Any, *, throttle: bool = False) -> Any:
+        """One synchronous invocation; raises FunctionError as Lambda would report it, and
+        with ``throttle`` (the Invoke API's RequestResponse) Throttled as Lambda would."""
         deployment = self.deployment(name)
         request_id = str(uuid.uuid4())
         with self._guard:
             lock = self._locks.setdefault(deployment.name, threading.Lock())
         # One invocation at a time per function: one execution environment.
-        with lock:
+        with self._execution_environment(deployment.name, lock, throttle):
             worker = self._workers.get(deployment.name)
-            if worker is None or not worker.alive() or worker.deployment != deployment:
+            if (
+                worker is None
+                or not worker.alive()
+                or worker.deployment != deployment
+                or worker.credentials_expire_soon()
+            ):
                 if worker is not None:
                     worker.stop()
                 log_path = self.state_dir / "logs" / f"{deployment.name}.log"
                 log_path.parent.mkdir(parents=True, exist_ok=True)
-                worker = Worker(
-                    deployment, self.code_directory(deployment), self.aws_environment, log_path
-                )
+                code_directory = self.code_directory(deployment)
+                environment, expire_at = self.execution_environment(deployment)
+                worker = Worker(deployment, code_directory, environment, log_path, expire_at)
                 self._workers[deployment.name] = worker
             return worker.invoke(event, request_id)
 
@@ -351,7 +447,18 @@ class _InvokeHandler(http.server.BaseHTTPRequestHandler):
             if invocation_type == "DryRun":
                 self.runtime.deployment(name)
                 return self._reply(204, None)
-            return self._reply(200, self.runtime.invoke(name, event))
+            return self._reply(200, self.runtime.invoke(name, event, throttle=True))
+        except Throttled:
+            # What botocore turns into TooManyRequestsException (the error type header).
+            return self._reply(
+                429,
+                {
+                    "Type": "User",
+                    "message": "Rate Exceeded.",
+                    "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+                },
+                {"X-Amzn-ErrorType": "TooManyRequestsException"},
+            )
         except FunctionError as error:
             if error.kind == "ResourceNotFound":
                 return self._reply(
@@ -468,10 +575,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-port", type=int, required=True)
     parser.add_argument("--static-port", type=int)
     parser.add_argument("--static-dir", type=Path)
+    parser.add_argument(
+        "--iam-keys", type=Path, help="the emulator's keys (credentials.py) when it enforces IAM"
+    )
     arguments = parser.parse_args(argv)
 
+    lambda_service_key = (
+        credentials.access_keys(arguments.iam_keys)[credentials.LAMBDA_SERVICE]
+        if arguments.iam_keys
+        else None
+    )
     runtime = Runtime(
-        arguments.endpoint_url, arguments.region, arguments.build_dir, arguments.state_dir
+        arguments.endpoint_url,
+        arguments.region,
+        arguments.build_dir,
+        arguments.state_dir,
+        lambda_service_key,
     )
     stopping = threading.Event()
     servers: list[Any] = []
