@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -287,8 +288,9 @@ def test_an_unknown_key_is_refused(enforced):
         "iam",
         endpoint_url=server.endpoint_url,
         region_name=REGION,
-        aws_access_key_id="AKIAUNKNOWNSTRANGER1",
-        aws_secret_access_key="not-a-key-the-account-knows",
+        # Made up here, like the emulator's own: a key of the right form the account never made.
+        aws_access_key_id="AKIA" + secrets.token_hex(8).upper(),
+        aws_secret_access_key=secrets.token_urlsafe(30),
     )
     with pytest.raises(ClientError, match="InvalidClientTokenId"):
         stranger.list_roles()
