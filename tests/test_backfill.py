@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -44,7 +42,7 @@ from tests.fixtures.aws import (
     aws_environment,
     stack_bucket_name,
 )
-from tests.fixtures.processes import free_loopback_port, port_answers, wait_until
+from tests.fixtures.local_runtime import local_lambda_runtime
 from tests.fixtures.warehouse import TEMPLATE_DATABASE, Warehouse
 from tests.raw_events import put_raw_bytes, put_raw_object, raw_record, tracker_event
 
@@ -240,28 +238,14 @@ def runtime_state_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def lambda_invoke_url(emulator, deployed_etl, runtime_state_dir) -> Iterator[str]:
     """The local Lambda runtime serving the deployed function's Invoke API."""
-    state_dir = runtime_state_dir
-    invoke_port = free_loopback_port()
-    argv = [
-        sys.executable, "-m", "tools.local_platform.runtime",
-        f"--endpoint-url={emulator.endpoint_url}", f"--region={REGION}",
-        f"--build-dir={deployed_etl}", f"--state-dir={state_dir}",
-        f"--invoke-port={invoke_port}", f"--api-port={free_loopback_port()}",
-    ]  # fmt: skip
-    with (state_dir / "runtime.log").open("wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=log,
-            env={**os.environ, **aws_environment(emulator.endpoint_url)},
-        )
-    try:
-        wait_until(lambda: port_answers(invoke_port), f"Lambda runtime on port {invoke_port}")
-        yield f"http://127.0.0.1:{invoke_port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    with local_lambda_runtime(
+        emulator.endpoint_url,
+        build_dir=deployed_etl,
+        state_dir=runtime_state_dir,
+        log_path=runtime_state_dir / "runtime.log",
+        environment=aws_environment(emulator.endpoint_url),
+    ) as invoke_url:
+        yield invoke_url
 
 
 @pytest.fixture

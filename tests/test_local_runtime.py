@@ -23,6 +23,7 @@ import pytest
 from botocore.config import Config
 
 from tests.fixtures.aws import REGION, MotoServer, aws_environment, zip_of
+from tests.fixtures.local_runtime import local_lambda_runtime
 from tests.fixtures.processes import free_loopback_port, port_answers, wait_until
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -121,25 +122,22 @@ def runtime(emulator, tmp_path_factory):
             Code={"ZipFile": code}, Timeout=timeout,
             Environment={"Variables": {"GREETING": f"hello from {name}"}},
         )  # fmt: skip
-    invoke_port = free_loopback_port()
-    argv = [
-        sys.executable, "-m", "tools.local_platform.runtime",
-        f"--endpoint-url={emulator.endpoint_url}", f"--region={REGION}",
-        f"--build-dir={build_dir}", f"--state-dir={base / 'state'}",
-        f"--invoke-port={invoke_port}", f"--api-port={free_loopback_port()}",
-    ]  # fmt: skip
-    process = start(argv, base / "runtime.log", invoke_port, environment)
-    yield {
-        "client": boto3.client(
-            "lambda",
-            **client_arguments(f"http://127.0.0.1:{invoke_port}"),
-            config=Config(read_timeout=60, retries={"max_attempts": 0}),
-        ),
-        "functions": functions,
-        "state_dir": base / "state",
-    }
-    process.terminate()
-    process.wait(timeout=20)
+    with local_lambda_runtime(
+        emulator.endpoint_url,
+        build_dir=build_dir,
+        state_dir=base / "state",
+        log_path=base / "runtime.log",
+        environment=environment,
+    ) as invoke_url:
+        yield {
+            "client": boto3.client(
+                "lambda",
+                **client_arguments(invoke_url),
+                config=Config(read_timeout=60, retries={"max_attempts": 0}),
+            ),
+            "functions": functions,
+            "state_dir": base / "state",
+        }
 
 
 def client_arguments(endpoint_url: str) -> dict:

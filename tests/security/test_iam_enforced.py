@@ -36,7 +36,7 @@ from tests.fixtures.aws import (
     aws_environment,
     zip_of,
 )
-from tests.fixtures.processes import free_loopback_port, port_answers, wait_until
+from tests.fixtures.local_runtime import local_lambda_runtime
 from tools.local_platform import credentials
 
 LOCAL_INVENTORY = "inventories/local"
@@ -361,34 +361,23 @@ def runtime(enforced, tmp_path_factory):
         )
     keys_path = base / "iam-keys.json"
     keys_path.write_text(json.dumps(server.iam_keys))
-    invoke_port = free_loopback_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "tools.local_platform.runtime",
-        f"--endpoint-url={server.endpoint_url}",
-        f"--region={REGION}",
-        f"--build-dir={build_dir}",
-        f"--state-dir={base / 'state'}",
-        f"--invoke-port={invoke_port}",
-        f"--api-port={free_loopback_port()}",
-        f"--iam-keys={keys_path}",
-    ]
     operator = server.iam_keys[credentials.OPERATOR]
-    with (base / "runtime.log").open("wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=log,
-            env={**os.environ, **aws_environment(server.endpoint_url, operator)},
-        )
-    wait_until(
-        lambda: process.poll() is not None or port_answers(invoke_port), "the runtime's Invoke"
-    )
+    with local_lambda_runtime(
+        server.endpoint_url,
+        build_dir=build_dir,
+        state_dir=base / "state",
+        log_path=base / "runtime.log",
+        environment=aws_environment(server.endpoint_url, operator),
+        extra_arguments=[f"--iam-keys={keys_path}"],
+    ) as invoke_url:
+        yield runtime_invoker(invoke_url, operator, names)
+
+
+def runtime_invoker(invoke_url: str, operator: dict[str, str], names: dict[str, str]):
+    """Invoke a probe through the runtime's Invoke API as the operator: (payload, error)."""
     client = boto3.client(
         "lambda",
-        endpoint_url=f"http://127.0.0.1:{invoke_port}",
+        endpoint_url=invoke_url,
         region_name=REGION,
         aws_access_key_id=operator["AccessKeyId"],
         aws_secret_access_key=operator["SecretAccessKey"],
@@ -400,9 +389,7 @@ def runtime(enforced, tmp_path_factory):
         response = client.invoke(FunctionName=function, Payload=payload)
         return json.loads(response["Payload"].read()), response.get("FunctionError")
 
-    yield invoke
-    process.terminate()
-    process.wait(timeout=20)
+    return invoke
 
 
 def test_a_function_runs_with_its_execution_roles_credentials(enforced, runtime):
