@@ -422,11 +422,16 @@ def start_afresh(warehouse, s3, bucket: str) -> None:
 
 
 def run_etl(warehouse, s3, bucket: str, now: datetime) -> loader.RunReport:
-    """A scheduled run, listing only the hours of this example (earlier ones are loaded)."""
+    """A scheduled run, listing only the hours of this example (earlier ones are loaded).
+
+    On an empty ledger (a test's first example) the run lists from ``now`` minus the initial
+    lookback; ``now`` is RECEIVE_TO_RUN after the receive, which can be the next hour, so one
+    hour of lookback keeps the receive hour in the listing.
+    """
     connection = warehouse.etl_connection()
     try:
         return loader.run_scheduled(
-            connection, s3, bucket, now=now, lookback_hours=0, initial_lookback_hours=0
+            connection, s3, bucket, now=now, lookback_hours=0, initial_lookback_hours=1
         )
     finally:
         connection.close()
