@@ -47,8 +47,13 @@ up: bootstrap
 down: bootstrap
 	$(LOCAL) down
 
-status etl psql env: bootstrap
+status psql env: bootstrap
 	@$(LOCAL) $@
+
+## Lambda ETL now: a scheduled run, its report; START=2025-12-01T00 END=2025-12-01T23 [FORCE=1]
+## loads that window an hour per invocation, a line per hour as it loads.
+etl: bootstrap
+	@$(LOCAL) etl $(if $(START),--start $(START)) $(if $(END),--end $(END)) $(if $(FORCE),--force)
 
 ## Synthetic shop sessions, live, to the local ingest URL.
 SESSIONS ?= 200
@@ -64,10 +69,15 @@ molecule: bootstrap
 build: bootstrap
 	$(BIN)/python tools/build_lambdas.py
 
-## ETL throughput benchmark (prints events/s); N=1000000 by default.
+## ETL throughput benchmark (events/s, and an hour's batch against 60 s and 1 GB): N events,
+## 1000000 by default, and HOURLY in the hour's batch, 360000 (100 a second). BENCH_OUTPUT=FILE
+## also writes the results to FILE after the command and the commit (benchmarks/results/).
 N ?= 1000000
+HOURLY ?= 360000
+BENCH_OUTPUT ?=
 bench: bootstrap
-	$(BIN)/python benchmarks/etl_throughput.py --events $(N)
+	$(BIN)/python benchmarks/etl_throughput.py --events $(N) --hourly-events $(HOURLY) \
+	  $(if $(BENCH_OUTPUT),--output $(BENCH_OUTPUT))
 
 ## docs/cost.md from the inventory's variables and the price table (tools/cost.py).
 COST_INVENTORY ?= inventories/aws

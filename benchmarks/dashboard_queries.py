@@ -22,17 +22,20 @@ import math
 import statistics
 import sys
 import time
-import zoneinfo
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 
-from shop_through_etl import POSTGRES_SETTINGS, new_warehouse, raw_bucket
+from recording import add_output_option, recorded
+from shop_through_etl import (
+    POSTGRES_SETTINGS,
+    DaysLoaded,
+    load_days,
+    new_warehouse,
+    raw_bucket,
+)
 
 from tests.dashboard import named_queries
 from tests.fixtures.postgres import remove_cluster, start_throwaway_cluster
-from tools.synthetic_shop import SHOP_TIME_ZONE, Shop
 
-EVENTS_PER_SESSION = 7.4  # what the synthetic shop averages; sizes sessions per day from N
-FIRST_DAY = date(2025, 6, 1)
 TARGET_P95_MS = 100
 TARGET_SPEEDUP = 50
 
@@ -118,9 +121,8 @@ def _funnel_visitors(per_day: bool) -> str:
     key = "day, " if per_day else ""
     steps = ", ".join(
         f"count(DISTINCT visitor) FILTER (WHERE step_{step}) AS {name}_users"
-        for step, name in ((1, "product_view"), (2, "add_to_cart"), (3, "checkout"),
-                           (4, "purchase"))
-    )  # fmt: skip
+        for step, name in enumerate(("product_view", "add_to_cart", "checkout", "purchase"), 1)
+    )
     return f"""
 WITH {_BOUNDS}, {_RAW_SESSIONS}, visitors AS (
     SELECT *, CASE ?visitor_kind WHEN 'client' THEN client_id ELSE user_id END AS visitor
@@ -263,31 +265,16 @@ FROM moves WHERE to_page = '(exit)' GROUP BY from_page ORDER BY sessions DESC, p
 }
 # The panels whose query takes the category and brand filters.
 FILTERED = {
-    "overview_kpis", "overview_daily", "funnel_daily", "funnel_visitors_daily",
-    "funnel_visitors_total", "products_top", "products_by_category_brand", "activity_heatmap",
+    "overview_kpis",
+    "overview_daily",
+    "funnel_daily",
+    "funnel_visitors_daily",
+    "funnel_visitors_total",
+    "products_top",
+    "products_by_category_brand",
+    "activity_heatmap",
     "activity_busiest_hours",
-}  # fmt: skip
-
-
-def load(bucket, connect, events: int, days: int, seed: int) -> tuple[int, float, float]:
-    """N events of the synthetic shop, a day per ETL window run; (events loaded, wall seconds,
-    seconds of those spent refreshing sessions and rollups)."""
-    zone = zoneinfo.ZoneInfo(SHOP_TIME_ZONE)
-    start = datetime.combine(FIRST_DAY, datetime.min.time(), zone).astimezone(UTC)
-    sessions_per_day = events / days / EVENTS_PER_SESSION
-    shop = Shop(seed=seed)
-    loaded, refresh, began = 0, 0.0, time.monotonic()
-    for day in range(days):
-        day_start = start + timedelta(days=day)
-        sessions = shop.sessions_between(day_start, day_start + timedelta(days=1), sessions_per_day)
-        report = bucket.load(connect, bucket.put_sessions(sessions))
-        loaded += report.events_loaded
-        refresh += report.phase_seconds["refresh"]
-        elapsed = time.monotonic() - began
-        sys.stderr.write(f"\rloaded {loaded:,} events, day {day + 1}/{days}, "
-                         f"{loaded / elapsed:,.0f}/s ")  # fmt: skip
-    sys.stderr.write("\n")
-    return loaded, time.monotonic() - began, refresh
+}
 
 
 def timed(connection, statement: str, parameters: dict, repeat: int) -> tuple[list, list[float]]:
@@ -322,36 +309,41 @@ def same_rows(left: list[dict], right: list[dict]) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--days", type=int, default=120, help="days of history (>= 90)")
+    parser.add_argument(
+        "--days", type=int, default=120, help="days of history (90 or more fill the 90-day range)"
+    )
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--raw-repeat", type=int, default=3)
     parser.add_argument("--category", default="laptop", help="the filter timed besides none")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
-        "--rebuild", action="store_true",
+        "--rebuild",
+        action="store_true",
         help="then time a rebuild of every aggregate (mark_range_dirty of all, one refresh)",
-    )  # fmt: skip
+    )
+    add_output_option(parser)
     arguments = parser.parse_args()
-    cluster = start_throwaway_cluster(**POSTGRES_SETTINGS)
-    try:
-        with raw_bucket() as bucket:
-            connect = new_warehouse(cluster, "bench_dashboard")
-            count, load_seconds, refresh_seconds = load(
-                bucket, connect, arguments.events, arguments.days, arguments.seed
-            )
-        cluster.execute_autocommit("VACUUM ANALYZE", "bench_dashboard")
-        connection = connect()
-        connection.autocommit = True
-        print_results(connection, arguments, count, load_seconds, refresh_seconds)
-        if arguments.rebuild:
-            print_rebuild(connection)
-        connection.close()
-    finally:
-        remove_cluster(cluster)
+    with recorded(arguments.output):
+        cluster = start_throwaway_cluster(**POSTGRES_SETTINGS)
+        try:
+            with raw_bucket() as bucket:
+                connect = new_warehouse(cluster, "bench_dashboard")
+                loaded = load_days(
+                    bucket, connect, arguments.events, arguments.days, arguments.seed
+                )
+            cluster.execute_autocommit("VACUUM ANALYZE", "bench_dashboard")
+            connection = connect()
+            connection.autocommit = True
+            print_results(connection, arguments, loaded)
+            if arguments.rebuild:
+                print_rebuild(connection)
+            connection.close()
+        finally:
+            remove_cluster(cluster)
     return 0
 
 
-def print_results(connection, arguments, count, load_seconds, refresh_seconds) -> None:
+def print_results(connection, arguments, loaded: DaysLoaded) -> None:
     queries = named_queries.load()
     [bounds] = named_queries.run(connection, queries["data_bounds"], {})
     [page] = named_queries.run(
@@ -360,14 +352,19 @@ def print_results(connection, arguments, count, load_seconds, refresh_seconds) -
     last = bounds["last_day"]
     ranges = {"7 days": last - timedelta(days=6), "90 days": last - timedelta(days=89)}
     print(
-        f"\n{count:,} events over {arguments.days} days, loaded through the ETL "
-        f"(a window run per day) in {load_seconds:,.0f} s wall time "
-        f"({count / load_seconds:,.0f} events/s; {refresh_seconds:,.0f} s of it refreshing)"
+        f"\n{loaded.events:,} events over {arguments.days} days, loaded through the ETL "
+        f"(a window run per day) in {loaded.seconds:,.0f} s wall time "
+        f"({loaded.events / loaded.seconds:,.0f} events/s; "
+        f"{loaded.phase_seconds['refresh']:,.0f} s of it refreshing)"
     )
-    print(f"{arguments.repeat} runs of each rollup query, {arguments.raw_repeat} of each raw "
-          f"one (ms); filter: none, or category {arguments.category!r}")  # fmt: skip
-    header = (f"{'panel':27} {'range':7} {'filter':8} {'p50':>7} {'p95':>7}   {'raw p50':>8} "
-              f"{'raw p95':>8} {'speedup':>8}  targets")  # fmt: skip
+    print(
+        f"{arguments.repeat} runs of each rollup query, {arguments.raw_repeat} of each raw "
+        f"one (ms); filter: none, or category {arguments.category!r}"
+    )
+    header = (
+        f"{'panel':27} {'range':7} {'filter':8} {'p50':>7} {'p95':>7}   {'raw p50':>8} "
+        f"{'raw p95':>8} {'speedup':>8}  targets"
+    )
     print(header)
     print("-" * len(header))
     misses = []
@@ -376,9 +373,13 @@ def print_results(connection, arguments, count, load_seconds, refresh_seconds) -
         for label, first in ranges.items():
             for category in filters:
                 parameters = {
-                    "date_from": str(first), "date_to": str(last), "category": category,
-                    "brand": "", "page": page["page"], "visitor_kind": "client",
-                }  # fmt: skip
+                    "date_from": str(first),
+                    "date_to": str(last),
+                    "category": category,
+                    "brand": "",
+                    "page": page["page"],
+                    "visitor_kind": "client",
+                }
                 rows, timings = timed(connection, statement, parameters, arguments.repeat)
                 p50, p95 = p50_p95(timings)
                 line = f"{name:27} {label:7} {category or '-':8} {p50:7.1f} {p95:7.1f}"
@@ -411,8 +412,10 @@ def print_rebuild(connection) -> None:
         cursor.execute("SELECT * FROM refresh_dirty_aggregates()")
         hours, days, sessions = cursor.fetchone()
         cursor.execute("COMMIT")
-    print(f"rebuild of every aggregate ({hours:,} hours, {days:,} days, {sessions:,} sessions): "
-          f"{time.perf_counter() - started:,.0f} s")  # fmt: skip
+    print(
+        f"rebuild of every aggregate ({hours:,} hours, {days:,} days, {sessions:,} sessions): "
+        f"{time.perf_counter() - started:,.0f} s"
+    )
 
 
 if __name__ == "__main__":

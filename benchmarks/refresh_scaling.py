@@ -26,7 +26,9 @@ import time
 import zoneinfo
 from datetime import UTC, datetime, timedelta
 
+from recording import add_output_option, recorded
 from shop_through_etl import (
+    EVENTS_PER_SESSION,
     POSTGRES_SETTINGS,
     RawBucket,
     first_batch_of_hour,
@@ -37,9 +39,10 @@ from shop_through_etl import (
 from tests.fixtures.postgres import remove_cluster, start_throwaway_cluster
 from tools.synthetic_shop import SHOP_TIME_ZONE, Shop
 
-EVENTS_PER_SESSION = 7.4  # what the synthetic shop averages
 FIRST_DAY = datetime(2025, 6, 2)  # a Monday, midnight in the shop's time zone
 HOUR = timedelta(hours=1)
+# Per size: events in the table, of them in its last day, refresh seconds of each kind.
+SizeResult = tuple[int, int, dict[str, list[float]]]
 
 
 def load_history(bucket: RawBucket, connect, events: int, per_day: int, seed: int) -> datetime:
@@ -115,13 +118,19 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=500, help="events per measured batch")
     parser.add_argument("--repeat", type=int, default=3, help="batches of each kind")
     parser.add_argument("--seed", type=int, default=7)
+    add_output_option(parser)
     arguments = parser.parse_args()
-    sizes = [int(size) for size in arguments.sizes.split(",")]
+    with recorded(arguments.output):
+        print_table(arguments, measure_sizes(arguments))
+    return 0
+
+
+def measure_sizes(arguments: argparse.Namespace) -> list[SizeResult]:
     cluster = start_throwaway_cluster(**POSTGRES_SETTINGS)
     results = []
     try:
         with raw_bucket() as bucket:
-            for size in sizes:
+            for size in (int(size) for size in arguments.sizes.split(",")):
                 sys.stderr.write(f"warehouse of {size:,} events\n")
                 database = f"bench_refresh_{size}"
                 connect = new_warehouse(cluster, database)
@@ -136,9 +145,14 @@ def main() -> int:
                 cluster.execute_autocommit(f"DROP DATABASE {database}")
     finally:
         remove_cluster(cluster)
+    return results
 
-    print(f"\nrefresh of {arguments.batch} events in a new hour, {arguments.repeat} batches each; "
-          f"history at {arguments.events_per_day:,} events a day (ms)")  # fmt: skip
+
+def print_table(arguments: argparse.Namespace, results: list[SizeResult]) -> None:
+    print(
+        f"\nrefresh of {arguments.batch} events in a new hour, {arguments.repeat} batches each; "
+        f"history at {arguments.events_per_day:,} events a day (ms)"
+    )
     header = f"{'p50':>8} {'max':>7}"
     print(f"{'events in table':>16} {'in its last day':>16}   {'same day':^16}   {'new day':^16}")
     print(f"{'':>16} {'':>16}   {header}   {header}")
@@ -148,7 +162,6 @@ def main() -> int:
             for seconds in timings.values()
         )
         print(f"{counted:>16,} {same_day:>16,}   {cells}")
-    return 0
 
 
 def _count_events(connect) -> int:

@@ -1,7 +1,8 @@
 """Backfills: the clickstream_backfill module, alone and through playbooks/backfill.yml.
 
 The integration tests run the real playbook with ansible-playbook, as an operator runs it on the
-controller: the module invokes Lambda ETL's window run for each chunk of hours. The function is
+controller: the module, an item of a loop per chunk of hours, invokes Lambda ETL's window run, and
+the terminal shows each chunk's figures as it loads. The function is
 deployed once, by the platform's own stages, to a moto server of this module, and runs from its
 deployed zip in the local Lambda runtime (tools/local_platform/runtime.py), which serves Lambda's
 Invoke API for what moto stores but cannot run. The playbook's Lambda client is pointed at the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -34,7 +36,13 @@ from plugins.module_utils.clickstream_backfill import (
     totals,
     window_hours,
 )
-from tests.fixtures.ansible import REPO_ROOT, extra_vars, run_playbook
+from tests.fixtures.ansible import (
+    REPO_ROOT,
+    PlaybookRun,
+    extra_vars,
+    run_playbook,
+    run_playbook_on_terminal,
+)
 from tests.fixtures.aws import (
     REGION,
     MotoServer,
@@ -289,34 +297,71 @@ def week_of_raw_objects(backfill_warehouse, raw_s3) -> Warehouse:
 
 
 @pytest.fixture
-def backfill(emulator, lambda_invoke_url, tmp_path):
-    """Runs ansible-playbook playbooks/backfill.yml; returns the module's result."""
+def backfill_command(emulator, lambda_invoke_url, tmp_path):
+    """The arguments and keywords of run_playbook for playbooks/backfill.yml over a window."""
 
-    def run(*, start, end, check=False, **extra) -> dict:
+    def command(*, start, end, check=False, **extra) -> tuple[tuple[str, ...], dict]:
         variables = {
             "backfill_start": start,
             "backfill_end": end,
             "backfill_chunk_hours": 24,
             **extra,
         }
-        playbook_run = run_playbook(
-            "playbooks/backfill.yml",
-            "-i", "inventories/local", *extra_vars(variables), *(["--check"] if check else []),
-            # Lambda's Invoke API from the runtime; every other service from moto.
-            environment={
-                **aws_environment(emulator.endpoint_url),
-                "AWS_ENDPOINT_URL_LAMBDA": lambda_invoke_url,
-            },
-            temp_dir=tmp_path,
-        )  # fmt: skip
-        [result] = [
-            task.result
-            for task in playbook_run.task_results
-            if task.task == "Backfill the window" and task.host == "localhost"
-        ]
-        return result
+        arguments = ("playbooks/backfill.yml", "-i", "inventories/local", *extra_vars(variables))
+        # Lambda's Invoke API from the runtime; every other service from moto.
+        environment = {
+            **aws_environment(emulator.endpoint_url),
+            "AWS_ENDPOINT_URL_LAMBDA": lambda_invoke_url,
+        }
+        return arguments + (("--check",) if check else ()), {
+            "environment": environment,
+            "temp_dir": tmp_path,
+        }
+
+    return command
+
+
+@pytest.fixture
+def backfill(backfill_command):
+    """Runs ansible-playbook playbooks/backfill.yml; returns what it did (backfill_result)."""
+
+    def run(**window) -> dict:
+        arguments, keywords = backfill_command(**window)
+        return backfill_result(run_playbook(*arguments, **keywords))
 
     return run
+
+
+def backfill_result(playbook_run: PlaybookRun) -> dict:
+    """The playbook's run in the shape of the module's result for a whole window: the failure of
+    the window's split as it is; else each chunk's result put together, the totals read from the
+    playbook's summary, and the message of its last task when a chunk failed (with that chunk's
+    error and resume_from)."""
+    tasks = {task.task: task.result for task in playbook_run.task_results}
+    split = tasks["Split the window into chunks"]
+    if split.get("failed"):
+        return split
+    chunks = tasks["Backfill the window"]["results"]
+    summary = tasks["Report what the backfill did"]["msg"]
+    window, counts = summary.split(": ", 1)
+    assert window == f"{split['window']['start']}..{split['window']['end']}", summary
+    result = {
+        "changed": any(chunk["changed"] for chunk in chunks),
+        "chunks": chunks,
+        "results": [each for chunk in chunks for each in chunk.get("results", [])],
+        "hours": [hour for chunk in chunks for hour in chunk.get("hours", [])],
+        "totals": {name: int(count) for name, count in map(str.split, counts.split(", "))},
+        "throttle_retries": sum(chunk["throttle_retries"] for chunk in chunks),
+    }
+    stop = tasks["Stop at the chunk that failed"]
+    if stop.get("failed"):
+        *loaded, failed = chunks
+        assert failed["failed"]
+        assert not any(chunk.get("failed") for chunk in loaded)
+        result.update(
+            failed=True, msg=stop["msg"], error=failed["msg"], resume_from=failed["resume_from"]
+        )
+    return result
 
 
 def loaded_events(warehouse) -> int:
@@ -365,6 +410,39 @@ def test_per_hour_chunks_report_each_hour(week_of_raw_objects, backfill):
     ]
 
 
+def item_labels(output: str) -> list[str]:
+    """The loop items' labels in ansible-playbook's default output: each chunk's line."""
+    return re.findall(r"^changed: \[localhost\] => \(item=(.*)\)$", output, re.MULTILINE)
+
+
+def test_the_terminal_shows_each_hour_as_it_loads_then_the_totals(
+    week_of_raw_objects, backfill_command
+):
+    def terminal(**options) -> str:
+        arguments, keywords = backfill_command(
+            start="2025-12-03T00", end="2025-12-03T02", backfill_chunk_hours=1, **options
+        )
+        completed = run_playbook_on_terminal(*arguments, **keywords)
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        return completed.stdout
+
+    planned = terminal(check=True)
+    loaded = terminal()
+
+    hours = [f"2025-12-03T{hour:02d}" for hour in range(3)]
+    assert item_labels(planned) == [f"{hour}: 1 objects, 0 loaded, 1 to load" for hour in hours]
+    assert "2025-12-03T00..2025-12-03T02: hours 3, objects 3, loaded 0, to_load 3" in planned
+    assert [re.sub(r"\d+\.\d s$", "_ s", label) for label in item_labels(loaded)] == [
+        f"{hour}: 1 objects, 5 events loaded, 0 updated, 0 duplicates, 0 rejected, _ s"
+        for hour in hours
+    ]
+    assert (
+        "2025-12-03T00..2025-12-03T02: objects 3, events_loaded 15, events_updated 0, "
+        "duplicates_skipped 0, rejected_lines 0, missing_objects 0, throttle_retries 0, "
+        "lock_retries 0, chunks 3"
+    ) in loaded
+
+
 def test_force_reloads_without_changing_the_row_count(week_of_raw_objects, backfill):
     result = backfill(start="2025-12-01T00", end="2025-12-01T23", backfill_force=True)
     assert result["changed"] is True
@@ -400,8 +478,9 @@ def test_a_function_that_is_not_deployed_fails_the_first_chunk_by_name(
     )
     assert result["failed"] is True
     assert result["resume_from"] == "2025-12-03T00"
-    assert "invoking clickstream-not-deployed failed" in result["msg"]
-    assert "ResourceNotFoundException" in result["msg"]
+    assert "-e backfill_start=2025-12-03T00 to resume" in result["msg"]
+    assert "invoking clickstream-not-deployed failed" in result["error"]
+    assert "ResourceNotFoundException" in result["error"]
     assert loaded_events(week_of_raw_objects) == 48 * EVENTS_PER_OBJECT
 
 
@@ -435,12 +514,16 @@ def test_a_database_that_stops_mid_window_names_the_hour_to_resume_from(
     assert stopped.is_set(), "the backfill ended before the database could be stopped"
     assert failed["failed"] is True
     # The function's own error, as Lambda reports it.
-    assert "the ETL function failed" in failed["msg"]
+    assert "the ETL function failed" in failed["error"]
     resume_from = failed["resume_from"]
     assert "2025-12-04T00" <= resume_from <= "2025-12-07T23"
-    assert f"run again with start={resume_from}" in failed["msg"]
+    assert f"The backfill stopped at {resume_from}" in failed["msg"]
+    assert f"-e backfill_start={resume_from} to resume" in failed["msg"]
     resume_hour = parse_hour(resume_from, "resume_from")
     hours_before = int((resume_hour - datetime(2025, 12, 3, tzinfo=UTC)) / timedelta(hours=1))
+    # The loop ended at the chunk that failed: a chunk per hour before it, and that one.
+    assert [chunk["backfill_chunk"]["start"] for chunk in failed["chunks"]][-1] == resume_from
+    assert len(failed["chunks"]) == hours_before + 1
     # Every hour before resume_from is loaded. The resume_from hour itself is loaded whole or not
     # at all: the database may stop after its load committed, during the aggregate refresh that
     # follows (its dirty-hour marks committed with it, so the next run refreshes it).
@@ -569,8 +652,8 @@ def test_a_backfill_throttled_through_every_retry_fails_naming_the_retries(
         backfill_throttle_max_delay=0.1,
     )
     assert result["failed"] is True
-    assert "TooManyRequestsException" in result["msg"]
-    assert "through 2 throttle_retries" in result["msg"]
+    assert "TooManyRequestsException" in result["error"]
+    assert "through 2 throttle_retries" in result["error"]
     assert result["resume_from"] == "2025-12-03T00"
     assert result["throttle_retries"] == 2
     assert loaded_events(week_of_raw_objects) == 48 * EVENTS_PER_OBJECT

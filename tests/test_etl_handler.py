@@ -1,4 +1,4 @@
-"""Lambda ETL's handler: invocations, configuration, the SSM password, failures, its log line."""
+"""Lambda ETL's handler: invocations, configuration, the SSM password, failures, its log lines."""
 
 from __future__ import annotations
 
@@ -56,11 +56,17 @@ def test_a_scheduled_event_is_a_scheduled_run(etl_environment, aws, raw_bucket, 
     )
 
 
-def test_the_run_logs_one_json_line_with_embedded_metrics(etl_environment, aws, raw_bucket, capsys):
+def test_the_run_logs_its_report_as_one_json_line_with_embedded_metrics(
+    etl_environment, aws, raw_bucket, capsys
+):
     put_events(aws, raw_bucket, count=2)
     etl_handler.handler(WINDOW_EVENT, None)
-    [line] = json_log_lines(capsys.readouterr().out)
-    assert (line["message"], line["status"]) == ("ETL run finished", "succeeded")
+    [line] = [
+        line
+        for line in json_log_lines(capsys.readouterr().out)
+        if line["message"] == "ETL run finished"
+    ]
+    assert line["status"] == "succeeded"
     assert (line["EventsLoaded"], line["ObjectsLoaded"], line["RejectedLines"]) == (2, 1, 0)
     metric_names = {m["Name"] for m in line["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
     assert {
@@ -71,6 +77,35 @@ def test_the_run_logs_one_json_line_with_embedded_metrics(etl_environment, aws, 
         "LagSeconds",
         "RunFailed",
     } <= metric_names
+
+
+def test_a_long_run_logs_each_hour_as_it_is_loaded_before_its_report(
+    etl_environment, aws, raw_bucket, capsys
+):
+    s3 = aws.client("s3")
+    for hours, count in ((0, 3), (2, 1)):
+        received = HOUR + timedelta(hours=hours)
+        records = [
+            raw_record(tracker_event(), received + timedelta(seconds=i)) for i in range(count)
+        ]
+        put_raw_object(s3, raw_bucket, records, received)
+    result = etl_handler.handler({"start": "2025-12-01T10", "end": "2025-12-01T12"}, None)
+
+    lines = json_log_lines(capsys.readouterr().out)
+    assert [line["message"] for line in lines] == [
+        "ETL hour loaded",
+        "ETL hour loaded",
+        "ETL run finished",
+    ]
+    assert [
+        (line["hour"], line["objects"], line["events_loaded"], line["objects_remaining"])
+        for line in lines[:2]
+    ] == [
+        ("2025-12-01T10:00:00+00:00", 1, 3, 1),
+        ("2025-12-01T12:00:00+00:00", 1, 1, 0),
+    ]
+    assert {line["run_id"] for line in lines} == {result["run_id"]}
+    assert all(line["level"] == "INFO" and "_aws" not in line for line in lines[:2])
 
 
 def test_the_password_can_come_from_an_ssm_securestring(

@@ -36,11 +36,11 @@ def scheduled(warehouse, aws, bucket, now=NOW, **options):
         connection.close()
 
 
-def window(warehouse, aws, bucket, start, end, force=False):
+def window(warehouse, aws, bucket, start, end, force=False, **options):
     connection = warehouse.etl_connection()
     try:
         return loader.run_window(
-            connection, aws.client("s3"), bucket, start=start, end=end, force=force
+            connection, aws.client("s3"), bucket, start=start, end=end, force=force, **options
         )
     finally:
         connection.close()
@@ -451,6 +451,58 @@ def test_an_object_gone_between_listing_and_reading_is_counted_not_fatal(
         1,
         2,
     )
+
+
+def test_a_transaction_never_holds_objects_of_two_hours():
+    fetched = [
+        (RawObject(f"object-{index}", HOUR_1 + timedelta(hours=index // 2), 3, "etag", NOW), b"{}")
+        for index in range(5)
+    ]
+    assert [[item.key for item, _ in chunk] for chunk in load_batch.chunks(fetched)] == [
+        ["object-0", "object-1"],
+        ["object-2", "object-3"],
+        ["object-4"],
+    ]
+
+
+def test_progress_comes_once_per_hour_loaded_with_that_hours_share_of_the_report(
+    warehouse, aws, raw_bucket, monkeypatch
+):
+    s3 = aws.client("s3")
+    monkeypatch.setattr(load_batch, "CHUNK_TARGET_LINES", 3)  # one object per transaction
+    # The first hour: three objects, so three transactions. The second: nothing. The third: an
+    # event of the first hour again, a new one, and an object that is not JSON.
+    repeated = raw_record(tracker_event(eventId=str(uuid.uuid4())), HOUR_1)
+    put_raw_object(s3, raw_bucket, [repeated, *events_in(HOUR_1, 2)], HOUR_1)
+    for minute in (10, 20):
+        received = HOUR_1 + timedelta(minutes=minute)
+        put_raw_object(s3, raw_bucket, events_in(received, 3, session=f"s{minute}"), received)
+    third_hour = HOUR_1 + timedelta(hours=2)
+    put_raw_object(s3, raw_bucket, [repeated, raw_record(tracker_event(), third_hour)], third_hour)
+    put_raw_bytes(s3, raw_bucket, b"{broken\n", third_hour)
+    hours: list[loader.HourLoaded] = []
+
+    report = window(warehouse, aws, raw_bucket, HOUR_1, third_hour, progress=hours.append)
+
+    assert [
+        (h.hour, h.objects, h.events_loaded, h.duplicates_skipped, h.rejected_lines) for h in hours
+    ] == [(HOUR_1.isoformat(), 3, 9, 0, 0), (third_hour.isoformat(), 2, 1, 1, 1)]
+    assert [h.objects_remaining for h in hours] == [2, 0]
+    assert {h.run_id for h in hours} == {report.run_id}
+    # The hours add up to the run's report.
+    for name in (
+        "objects",
+        "missing_objects",
+        "events_loaded",
+        "events_updated",
+        "duplicates_skipped",
+        "rejected_lines",
+        "isolated_lines",
+    ):
+        assert sum(getattr(h, name) for h in hours) == getattr(report, name), name
+    assert (report.status, report.objects, report.events_loaded) == ("succeeded", 5, 10)
+    assert 0 <= hours[0].seconds <= hours[0].elapsed_seconds <= hours[1].elapsed_seconds
+    assert hours[1].elapsed_seconds <= report.duration_seconds
 
 
 def test_a_window_plan_counts_objects_and_loaded_ones_per_hour_and_changes_nothing(

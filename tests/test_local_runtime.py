@@ -5,6 +5,9 @@
 - runtime.py: a function deployed to moto runs from the zip with the deployed hash, with its
   environment and a Lambda context; errors, time-outs and code that is not on this machine come
   back as Lambda reports them.
+- cli.py's `etl --start --end` (`make etl START= END=`): through the runtime, a window loads an
+  hour per invocation, a line per hour as each returns, and stops at the first failure saying
+  where to resume (a stand-in for Lambda ETL answers: tests/test_backfill.py runs the real one).
 
 The whole platform (make up → make down) is tests/e2e/test_local_platform.py.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -25,6 +29,7 @@ from botocore.config import Config
 from tests.fixtures.aws import REGION, MotoServer, aws_environment, zip_of
 from tests.fixtures.local_runtime import local_lambda_runtime
 from tests.fixtures.processes import free_loopback_port, port_answers, wait_until
+from tools.local_platform import cli
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 HOST_RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -47,6 +52,25 @@ HANDLER = textwrap.dedent(
         }
     """
 )
+# Lambda ETL's window run as the CLI sees it: a report per invocation, one hour each, and a
+# failure at the hour FAIL_AT names.
+ETL_STAND_IN = textwrap.dedent(
+    """
+    import os
+
+    def handler(event, context):
+        hour = event["start"][:13]
+        if event["end"][:13] != hour:
+            raise ValueError("one hour per invocation, not " + event["start"] + ".." + event["end"])
+        if hour == os.environ["FAIL_AT"]:
+            raise RuntimeError("the warehouse went away")
+        return {
+            "status": "succeeded", "objects": 2, "events_loaded": 10, "events_updated": 0,
+            "duplicates_skipped": 1, "rejected_lines": 1, "missing_objects": 0,
+        }
+    """
+)
+ETL_FAILS_AT = "2025-12-01T02"
 
 
 def start(argv: list[str], log_path: Path, port: int, environment: dict) -> subprocess.Popen:
@@ -122,6 +146,16 @@ def runtime(emulator, tmp_path_factory):
             Code={"ZipFile": code}, Timeout=timeout,
             Environment={"Variables": {"GREETING": f"hello from {name}"}},
         )  # fmt: skip
+    etl_code = zip_of(ETL_STAND_IN)
+    (build_dir / "etl-stand-in.zip").write_bytes(etl_code)
+    functions.create_function(
+        FunctionName="etl-stand-in",
+        Runtime=HOST_RUNTIME,
+        Role=role,
+        Handler="handler.handler",
+        Code={"ZipFile": etl_code},
+        Environment={"Variables": {"FAIL_AT": ETL_FAILS_AT}},
+    )
     with local_lambda_runtime(
         emulator.endpoint_url,
         build_dir=build_dir,
@@ -199,3 +233,40 @@ def test_an_unknown_function_is_not_found(runtime):
     client = runtime["client"]
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.invoke(FunctionName="no-such-function", Payload=b"{}")
+
+
+def hour_line(hour: str) -> str:
+    """The pattern of the CLI's line for an hour the stand-in loaded (its seconds vary)."""
+    return rf"{hour}: 2 objects, 10 events loaded, 0 updated, 1 duplicates, 1 rejected, \d+\.\d s"
+
+
+def test_the_cli_loads_a_window_an_hour_per_invocation_with_a_line_per_hour(runtime, capsys):
+    invoke = cli.etl_invoker(runtime["client"], "etl-stand-in")
+    assert cli.etl_window(invoke, "2025-11-30T23", "2025-12-01T01", force=False) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = [hour_line(hour) for hour in ("2025-11-30T23", "2025-12-01T00", "2025-12-01T01")]
+    expected.append(
+        r"total 2025-11-30T23\.\.2025-12-01T01: 6 objects, 30 events loaded, 0 updated, "
+        r"3 duplicates, 3 rejected, \d+\.\d s"
+    )
+    assert len(lines) == len(expected), lines
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), line
+
+
+def test_the_cli_stops_at_the_first_hour_that_fails_and_names_the_hour_to_resume_from(
+    runtime, capsys
+):
+    invoke = cli.etl_invoker(runtime["client"], "etl-stand-in")
+    assert cli.etl_window(invoke, "2025-12-01T00", "2025-12-01T05", force=False) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4, lines
+    assert re.fullmatch(hour_line("2025-12-01T00"), lines[0])
+    assert re.fullmatch(hour_line("2025-12-01T01"), lines[1])
+    assert lines[2] == (
+        f"{ETL_FAILS_AT}: failed: the ETL function failed: RuntimeError: the warehouse went away"
+    )
+    assert lines[3] == (
+        f"The hours before {ETL_FAILS_AT} are loaded; resume with --start {ETL_FAILS_AT} "
+        "--end 2025-12-01T05"
+    )

@@ -24,7 +24,8 @@ from clickstream.raw_store import RawObject
 
 # A transaction holds whole objects up to about this many lines, bounding memory and the work a
 # crash can roll back (objects are never split across transactions); small enough that parsing
-# the next chunk overlaps merging this one.
+# the next chunk overlaps merging this one. It never holds two hour partitions: the loader then
+# knows each hour's figures as its last object commits (its progress).
 CHUNK_TARGET_LINES = 10_000
 
 
@@ -59,6 +60,9 @@ def chunks(
     chunk: list[tuple[RawObject, bytes | None]] = []
     lines = 0
     for item, body in fetched:
+        if chunk and item.hour != chunk[-1][0].hour:
+            yield chunk
+            chunk, lines = [], 0
         chunk.append((item, body))
         lines += body.count(b"\n") + 1 if body else 0
         if lines >= CHUNK_TARGET_LINES:

@@ -24,6 +24,9 @@ Lambda ETL (scheduled and window runs), the backfill module and the tests all co
   in another object is a duplicate, never a rewrite.
 - Incremental aggregates: loads mark the hours they touched; the run then recomputes only those
   hours, their days and their sessions (``refresh_dirty_aggregates()`` in the migrations).
+- Progress as it goes: a transaction never holds objects of two hour partitions, so each hour's
+  figures are known when its last object commits; ``progress``, when given, is called then with
+  the hour's share of the report (``HourLoaded``). It changes nothing the run does or reports.
 
 This module runs a load: what to list, the lock and the run's record, the time budget and the
 report. ``clickstream.load_batch`` prepares each chunk (pure Python) and
@@ -89,6 +92,33 @@ class RunReport:
         return asdict(self)
 
 
+@dataclass
+class HourLoaded:
+    """An hour partition whose objects this run has all loaded (or found gone), for ``progress``:
+    the hour's share of the report's counts, and how far the run is."""
+
+    run_id: str
+    hour: str
+    objects: int = 0
+    missing_objects: int = 0
+    events_loaded: int = 0
+    events_updated: int = 0
+    duplicates_skipped: int = 0
+    rejected_lines: int = 0
+    isolated_lines: int = 0
+    # From the previous hour's last commit (the load's start, for the first hour) to this one's.
+    seconds: float = 0.0
+    # Since the run started; and the objects of later hours, still to load.
+    elapsed_seconds: float = 0.0
+    objects_remaining: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+Progress = Callable[[HourLoaded], None]
+
+
 def run_scheduled(
     connection,
     s3_client,
@@ -98,11 +128,13 @@ def run_scheduled(
     lookback_hours: int = DEFAULT_LOOKBACK_HOURS,
     initial_lookback_hours: int = DEFAULT_INITIAL_LOOKBACK_HOURS,
     deadline: float | None = None,
+    progress: Progress | None = None,
 ) -> RunReport:
     """Load every raw object not loaded yet, from the newest loaded hour (minus a lookback) on.
 
     ``deadline`` is a time.monotonic() value after which no new transaction starts (the run is
-    then ``incomplete`` and the next one carries on).
+    then ``incomplete`` and the next one carries on). ``progress`` is called as each hour with
+    objects to load is done (see ``HourLoaded``).
     """
     now = now or datetime.now(UTC)
 
@@ -120,7 +152,7 @@ def run_scheduled(
         return list(hours_between(first, now))
 
     report = RunReport(run_id=str(uuid.uuid4()), trigger="schedule", forced=False)
-    return _run(connection, s3_client, bucket, report, hours_to_list, deadline, now)
+    return _run(connection, s3_client, bucket, report, hours_to_list, deadline, now, progress)
 
 
 def run_window(
@@ -132,11 +164,13 @@ def run_window(
     end: datetime,
     force: bool = False,
     deadline: float | None = None,
+    progress: Progress | None = None,
 ) -> RunReport:
     """Load the objects of the hour partitions from ``start`` to ``end`` (inclusive hours).
 
     Objects already in the ledger are skipped unless ``force``, which reloads them. A window
-    that is reversed or ends after the current hour is refused (ValueError).
+    that is reversed or ends after the current hour is refused (ValueError). ``deadline`` and
+    ``progress`` as in ``run_scheduled``.
     """
     now = datetime.now(UTC)
     _require_past_window(start, end, now)
@@ -155,6 +189,7 @@ def run_window(
         lambda: list(hours_between(start, end)),
         deadline,
         now,
+        progress,
     )
 
 
@@ -221,7 +256,9 @@ def _list_hours(s3_client, bucket: str, hours: list[datetime]) -> dict[datetime,
         return dict(zip(hours, per_hour, strict=True))
 
 
-def _run(connection, s3_client, bucket, report, hours_to_list, deadline, now) -> RunReport:
+def _run(
+    connection, s3_client, bucket, report, hours_to_list, deadline, now, progress
+) -> RunReport:
     started = time.monotonic()
     with writer.exclusive_run(connection) as acquired:
         if not acquired:
@@ -241,7 +278,10 @@ def _run(connection, s3_client, bucket, report, hours_to_list, deadline, now) ->
                 oldest = min(item.last_modified for item in objects)
                 report.lag_seconds = max(0.0, (now - oldest).total_seconds())
             with _timed(report, "load"):
-                _load_objects(connection, s3_client, bucket, objects, report, deadline)
+                hour_progress = _HourProgress(report.run_id, objects, progress, started)
+                _load_objects(
+                    connection, s3_client, bucket, objects, report, deadline, hour_progress
+                )
             with _timed(report, "refresh"):
                 report.aggregates_refreshed = writer.refresh_aggregates(connection)
             report.status = "incomplete" if report.pending_objects else "succeeded"
@@ -264,7 +304,7 @@ def _timed(report: RunReport, phase: str) -> Iterator[None]:
         report.phase_seconds[phase] = round(time.monotonic() - started, 3)
 
 
-def _load_objects(connection, s3_client, bucket, objects, report, deadline) -> None:
+def _load_objects(connection, s3_client, bucket, objects, report, deadline, hour_progress) -> None:
     def read(item: RawObject) -> bytes | None:
         return raw_store.read_object(s3_client, bucket, item.key)
 
@@ -276,21 +316,67 @@ def _load_objects(connection, s3_client, bucket, objects, report, deadline) -> N
         if deadline is not None and time.monotonic() > deadline:
             report.pending_objects = len(objects) - report.objects - report.missing_objects
             return
-        _add_chunk(report, prepared, writer.load_chunk(connection, prepared, forced=report.forced))
+        result = writer.load_chunk(connection, prepared, forced=report.forced)
+        counts = _chunk_counts(prepared, result)
+        _add_counts(report, counts)
+        for column, count in prepared.unparsable.items():
+            report.unparsable_values[column] = report.unparsable_values.get(column, 0) + count
+        hour_progress.add(counts)
 
 
-def _add_chunk(report: RunReport, prepared: PreparedChunk, result: writer.ChunkResult) -> None:
-    """Count a committed chunk in the run's report."""
+def _chunk_counts(prepared: PreparedChunk, result: writer.ChunkResult) -> dict[str, int]:
+    """What a committed chunk adds to the run's report and to its hour's progress."""
     isolated = len(result.isolated)
-    report.objects += len(prepared.ledger_rows)
-    report.missing_objects += prepared.missing
-    report.events_loaded += result.inserted
-    report.events_updated += result.updated
-    report.duplicates_skipped += len(prepared.rows) - isolated - result.inserted - result.updated
-    report.rejected_lines += len(prepared.rejects) + isolated
-    report.isolated_lines += isolated
-    for column, count in prepared.unparsable.items():
-        report.unparsable_values[column] = report.unparsable_values.get(column, 0) + count
+    return {
+        "objects": len(prepared.ledger_rows),
+        "missing_objects": prepared.missing,
+        "events_loaded": result.inserted,
+        "events_updated": result.updated,
+        "duplicates_skipped": len(prepared.rows) - isolated - result.inserted - result.updated,
+        "rejected_lines": len(prepared.rejects) + isolated,
+        "isolated_lines": isolated,
+    }
+
+
+def _add_counts(target: RunReport | HourLoaded, counts: dict[str, int]) -> None:
+    for name, count in counts.items():
+        setattr(target, name, getattr(target, name) + count)
+
+
+class _HourProgress:
+    """Adds each committed chunk to its hour and calls ``progress`` once the hour is done.
+
+    Chunks come in listing order and never span two hours (load_batch.chunks): a chunk's hour is
+    the hour of the first object not counted yet, and that hour is done when the next object to
+    count is of another hour, or none is left.
+    """
+
+    def __init__(
+        self, run_id: str, objects: list[RawObject], progress: Progress | None, run_started: float
+    ) -> None:
+        self.run_id, self.objects, self.progress = run_id, objects, progress
+        self.run_started = run_started
+        # Made as the load starts: the first hour's time leaves the listing out.
+        self.hour_started = time.monotonic()
+        self.counted = 0
+        self.hour: HourLoaded | None = None
+
+    def add(self, counts: dict[str, int]) -> None:
+        if self.progress is None:
+            return
+        hour = self.objects[self.counted].hour
+        if self.hour is None:
+            self.hour = HourLoaded(self.run_id, hour.isoformat())
+        _add_counts(self.hour, counts)
+        self.counted += counts["objects"] + counts["missing_objects"]
+        if self.counted < len(self.objects) and self.objects[self.counted].hour == hour:
+            return
+        now = time.monotonic()
+        self.hour.seconds = round(now - self.hour_started, 3)
+        self.hour.elapsed_seconds = round(now - self.run_started, 3)
+        self.hour.objects_remaining = len(self.objects) - self.counted
+        self.progress(self.hour)
+        self.hour, self.hour_started = None, now
 
 
 def _prepared_ahead(prepared_chunks: Iterator[PreparedChunk]) -> Iterator[PreparedChunk]:

@@ -11,7 +11,9 @@ Environment: RAW_BUCKET, DWH_HOST, DWH_PORT, DWH_USER, DWH_DATABASE, and DWH_PAS
 SSM SecureString parameter name) or, outside AWS, DWH_PASSWORD. Optional: ETL_LOOKBACK_HOURS,
 ETL_INITIAL_LOOKBACK_HOURS, ETL_TIME_RESERVE_SECONDS.
 
-Returns the run report and logs it as one JSON line with CloudWatch embedded metrics. A run that
+Returns the run report and logs it as one JSON line with CloudWatch embedded metrics; before it,
+one JSON line per hour partition as its objects finish loading ("ETL hour loaded": the hour's
+counts, its seconds, the objects left), so the logs show how far a long run is. A run that
 cannot reach the warehouse raises (so the invocation counts as failed and alarms fire); the next
 run catches up, because the ledger says what is loaded.
 """
@@ -110,6 +112,11 @@ def _plan(connection, bucket: str, request: WindowRequest) -> dict[str, Any]:
     return plan
 
 
+def _log_hour(hour: loader.HourLoaded) -> None:
+    # A constant message, like the run's line: a log query follows a run by its run_id.
+    log(LOGGER, logging.INFO, "ETL hour loaded", **hour.as_dict())
+
+
 def handler(event: Any, context: Any) -> dict[str, Any]:
     environ = os.environ
     request = parse_invocation(event)
@@ -139,6 +146,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
                         loader.DEFAULT_INITIAL_LOOKBACK_HOURS,
                     ),
                     deadline=deadline,
+                    progress=_log_hour,
                 )
             elif request.dry_run:
                 return _plan(connection, bucket, request)
@@ -151,6 +159,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
                     end=request.end,
                     force=request.force,
                     deadline=deadline,
+                    progress=_log_hour,
                 )
         finally:
             connection.close()

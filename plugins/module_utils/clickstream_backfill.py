@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 HOUR = timedelta(hours=1)
+# A larger window is refused by default: a guard against a typo loading a year.
+MAX_WINDOW_HOURS = 744
 COUNTS = (
     "objects",
     "events_loaded",
@@ -73,6 +75,26 @@ def hour_text(hour: datetime) -> str:
     return hour.strftime("%Y-%m-%dT%H")
 
 
+def span_text(first: datetime, last: datetime) -> str:
+    """``2025-12-01T00`` for one hour, ``2025-12-01T00..2025-12-01T23`` for several."""
+    return hour_text(first) if first == last else f"{hour_text(first)}..{hour_text(last)}"
+
+
+def loaded_line(span: str, counts: dict[str, Any], seconds: float) -> str:
+    """What loading ``span`` did, a chunk's or a window's counts, as one line for a terminal: the
+    backfill playbook's item label and `make etl`'s line per hour."""
+    return (
+        f"{span}: {counts['objects']} objects, {counts['events_loaded']} events loaded, "
+        f"{counts['events_updated']} updated, {counts['duplicates_skipped']} duplicates, "
+        f"{counts['rejected_lines']} rejected, {seconds:.1f} s"
+    )
+
+
+def planned_line(span: str, plan: dict[str, int]) -> str:
+    """What a run would load in ``span`` (``plan_totals``), as one line for a terminal."""
+    return f"{span}: {plan['objects']} objects, {plan['loaded']} loaded, {plan['to_load']} to load"
+
+
 def window_request(first: datetime, last: datetime, force: bool, dry_run: bool = False) -> dict:
     """The ETL's window invocation for the hours first..last."""
     request: dict[str, Any] = {
@@ -99,6 +121,22 @@ def invocation_result(function_error: str | None, payload: bytes) -> dict[str, A
     if not isinstance(document, dict):
         raise BackfillError(f"the ETL function answered something unexpected: {payload[:200]!r}")
     return document
+
+
+def require_succeeded(report: dict[str, Any]) -> dict[str, Any]:
+    """A window run's report if the run succeeded; BackfillError with its status and detail if
+    not."""
+    status = report.get("status")
+    if status != "succeeded":
+        raise BackfillError(
+            f"the run ended {status}: {report.get('detail') or 'no detail'}"
+            + (
+                " (it ran out of time: load fewer hours per invocation)"
+                if report.get("pending_objects")
+                else ""
+            )
+        )
+    return report
 
 
 def throttle_delay(

@@ -20,6 +20,10 @@ description:
   - In check mode it reports, per hour, the objects found and how many are loaded already, and
     changes nothing.
   - Stops at the first chunk that fails and returns C(resume_from), the hour to start again from.
+  - A module returns when it is done, so it cannot show each chunk as it loads; with
+    O(split_only=true) it returns the window's chunks instead, for a playbook to loop over them,
+    a chunk per item, showing each one's figures (RV(msg)) as it loads; C(playbooks/backfill.yml)
+    does.
   - An invocation that Lambda throttles with C(TooManyRequestsException), because the function's
     reserved concurrency is taken (by the hourly run, usually), is tried again after an
     exponential backoff with full jitter, at most O(throttle_retries) times; the retries are
@@ -55,6 +59,11 @@ options:
       - A larger window is refused; a guard against a typo loading a year.
     type: int
     default: 744
+  split_only:
+    description:
+      - Check the window and return its chunks (RV(chunks)), without invoking the function.
+    type: bool
+    default: false
   function_name:
     description:
       - The ETL function, by name or ARN.
@@ -120,14 +129,45 @@ EXAMPLES = r"""
     start: "2025-11-01T00"
     end: "2025-11-30T23"
     chunk_hours: 24
+
+- name: Split a week into days
+  clickstream_backfill:
+    start: "2025-12-01T00"
+    end: "2025-12-07T23"
+    chunk_hours: 24
+    split_only: true
+  register: week
+
+- name: Backfill the week a day at a time, each day's figures shown as it loads
+  clickstream_backfill:
+    start: "{{ item.start }}"
+    end: "{{ item.end }}"
+    chunk_hours: 24
+  loop: "{{ week.chunks }}"
+  register: day
+  loop_control:
+    label: "{{ day.msg }}"
 """
 
 RETURN = r"""
+msg:
+  description:
+    - What the run did, as one line. Loading, the counts and the seconds it took; in check mode,
+      the objects found, loaded already and to load; with O(split_only), the chunks.
+  returned: always
+  type: str
+  sample: "2025-12-01T00: 2 objects, 740 events loaded, 0 updated, 0 duplicates, 1 rejected, 0.4 s"
 window:
   description: The window as understood.
   returned: always
   type: dict
   sample: {"start": "2025-12-01T00", "end": "2025-12-07T23", "hours": 168}
+chunks:
+  description: The window's chunks, in order, each the first and last hour it loads.
+  returned: when O(split_only=true)
+  type: list
+  elements: dict
+  sample: [{"start": "2025-12-01T00", "end": "2025-12-01T23"}]
 hours:
   description: In check mode, per hour, the objects found, already loaded, and to load.
   returned: check mode
@@ -136,7 +176,7 @@ hours:
   sample: [{"hour": "2025-12-01T00:00:00+00:00", "objects": 12, "loaded": 10, "to_load": 2}]
 results:
   description: Per chunk, in order, what the load did.
-  returned: when not in check mode
+  returned: when not in check mode and not O(split_only)
   type: list
   elements: dict
   sample:
@@ -146,14 +186,14 @@ results:
        "lock_retries": 0}
 totals:
   description: The sums over all chunks (or over all hours in check mode).
-  returned: always
+  returned: when not O(split_only)
   type: dict
   sample: {"chunks": 168, "objects": 2016, "events_loaded": 1000000, "events_updated": 0,
            "duplicates_skipped": 12, "rejected_lines": 3, "missing_objects": 0,
            "throttle_retries": 2, "lock_retries": 0}
 throttle_retries:
   description: Every throttle retry of the run, the failed chunk's and the planning's included.
-  returned: always
+  returned: when not O(split_only)
   type: int
   sample: 2
 resume_from:
@@ -174,13 +214,18 @@ except ImportError:
     pass  # AnsibleAWSModule reports the missing botocore
 
 from ansible.module_utils.clickstream_backfill import (
+    MAX_WINDOW_HOURS,
     BackfillError,
     chunk_result,
     chunks,
     hour_text,
     invocation_result,
+    loaded_line,
     parse_hour,
     plan_totals,
+    planned_line,
+    require_succeeded,
+    span_text,
     throttle_delay,
     throttled_through,
     totals,
@@ -206,7 +251,8 @@ def build_argument_spec() -> dict[str, Any]:
         "end": {"type": "str", "required": True},
         "force": {"type": "bool", "default": False},
         "chunk_hours": {"type": "int", "default": 1},
-        "max_window_hours": {"type": "int", "default": 744},
+        "max_window_hours": {"type": "int", "default": MAX_WINDOW_HOURS},
+        "split_only": {"type": "bool", "default": False},
         "function_name": {"type": "str", "default": "clickstream-prod-etl"},
         "lock_retries": {"type": "int", "default": 5},
         "lock_retry_delay": {"type": "int", "default": 30},
@@ -274,18 +320,13 @@ def load_chunk(module, loader, first, last) -> dict[str, Any]:
         raise BackfillError(
             f"another ETL run held the warehouse lock through {params['lock_retries']} retries"
         )
-    if report.get("status") != "succeeded":
-        raise BackfillError(
-            f"the chunk ended {report.get('status')}: {report.get('detail') or 'no detail'}"
-            + (
-                " (lower chunk_hours if it ran out of time)"
-                if report.get("pending_objects")
-                else ""
-            )
-        )
     throttle_retries = loader.throttled - throttled_before
     return chunk_result(
-        first, last, report, throttle_retries=throttle_retries, lock_retries=attempt
+        first,
+        last,
+        require_succeeded(report),
+        throttle_retries=throttle_retries,
+        lock_retries=attempt,
     )
 
 
@@ -297,10 +338,19 @@ def main() -> None:
         last = parse_hour(params["end"], "end")
         hours = window_hours(first, last, params["max_window_hours"])
         windows = chunks(hours, params["chunk_hours"])
-        loader = LambdaLoader(module)
     except BackfillError as error:
         module.fail_json(msg=str(error))
     window = {"start": hour_text(first), "end": hour_text(last), "hours": len(hours)}
+    span = span_text(first, last)
+
+    if params["split_only"]:
+        module.exit_json(
+            changed=False,
+            msg=f"{span}: {len(hours)} hours in {len(windows)} chunks",
+            window=window,
+            chunks=[{"start": hour_text(a), "end": hour_text(b)} for a, b in windows],
+        )
+    loader = LambdaLoader(module)
 
     if module.check_mode:
         try:
@@ -314,12 +364,14 @@ def main() -> None:
         summary = plan_totals(planned)
         module.exit_json(
             changed=summary["to_load"] > 0,
+            msg=planned_line(span, summary),
             window=window,
             hours=planned,
             totals=summary,
             throttle_retries=loader.throttled,
         )
 
+    started = time.monotonic()
     results: list[dict[str, Any]] = []
     for chunk_first, chunk_last in windows:
         try:
@@ -340,6 +392,7 @@ def main() -> None:
     summary = totals(results)
     module.exit_json(
         changed=summary["objects"] > 0,
+        msg=loaded_line(span, summary, time.monotonic() - started),
         window=window,
         results=results,
         totals=summary,

@@ -4,6 +4,7 @@
     python -m tools.local_platform down                         stop and remove all of it
     python -m tools.local_platform status                       what runs, where
     python -m tools.local_platform etl [--start T --end T [--force]]   invoke Lambda ETL now
+                                                                       (a window: an hour at a time)
     python -m tools.local_platform traffic [--sessions N --rate R]     the synthetic shop, live
     python -m tools.local_platform psql                         psql on the warehouse (ETL login)
     python -m tools.local_platform env                          export lines for AWS_ENDPOINT_URL
@@ -42,10 +43,25 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugins.module_utils.clickstream_backfill import (
+    MAX_WINDOW_HOURS,
+    BackfillError,
+    chunk_result,
+    hour_text,
+    invocation_result,
+    loaded_line,
+    parse_hour,
+    require_succeeded,
+    span_text,
+    totals,
+    window_hours,
+    window_request,
+)
 from tools.local_platform import credentials
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -148,10 +164,8 @@ class Settings:
 
     def listeners(self) -> list[tuple[str, int]]:
         """Every address the platform serves: the machine's daemons, then the instance's."""
-        ports = (
-            self.moto_port, self.s3_gateway_endpoint_port, self.ingest_port, self.invoke_port,
-            self.shop_port, self.dashboard_port,
-        )  # fmt: skip
+        ports = [self.moto_port, self.s3_gateway_endpoint_port, self.ingest_port]
+        ports += [self.invoke_port, self.shop_port, self.dashboard_port]
         return [("127.0.0.1", port) for port in ports] + [
             (self.dwh_address, self.warehouse_port),
             (self.dwh_address, self.dashboard_instance_port),
@@ -598,17 +612,72 @@ def lambda_client(settings: Settings):
     )
 
 
+# A synchronous invocation of the ETL function: its FunctionError (None) and its payload.
+Invoke = Callable[[dict[str, Any]], tuple[str | None, bytes]]
+
+
+def etl_invoker(client, function_name: str) -> Invoke:
+    """Invoke the ETL function with an event; BackfillError when the call itself fails."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    def invoke(event: dict[str, Any]) -> tuple[str | None, bytes]:
+        try:
+            response = client.invoke(FunctionName=function_name, Payload=json.dumps(event).encode())
+        except (BotoCoreError, ClientError) as error:
+            raise BackfillError(f"invoking {function_name} failed: {error}") from error
+        return response.get("FunctionError"), response["Payload"].read()
+
+    return invoke
+
+
 def etl(arguments: argparse.Namespace) -> int:
+    if bool(arguments.start) != bool(arguments.end):
+        raise PlatformError("a window needs both --start and --end")
     settings = read_settings()
-    event: dict[str, Any] = {}
-    if arguments.start or arguments.end:
-        event = {"start": arguments.start, "end": arguments.end, "force": arguments.force}
-    response = lambda_client(settings).invoke(
-        FunctionName=settings.etl_function, Payload=json.dumps(event).encode()
-    )
-    payload = json.loads(response["Payload"].read() or b"null")
-    print(json.dumps(payload, indent=2))
-    return 1 if response.get("FunctionError") else 0
+    invoke = etl_invoker(lambda_client(settings), settings.etl_function)
+    if arguments.start:
+        return etl_window(invoke, arguments.start, arguments.end, force=arguments.force)
+    try:
+        function_error, payload = invoke({})
+    except BackfillError as error:
+        raise PlatformError(str(error)) from None
+    print(json.dumps(json.loads(payload or b"null"), indent=2))
+    return 1 if function_error else 0
+
+
+def etl_window(invoke: Invoke, start: str, end: str, *, force: bool) -> int:
+    """Load the window an hour per invocation, in order, printing each hour's line as it returns
+    and then the totals; stop at the first hour that fails and say where to resume.
+
+    An invocation per hour, not one for the window: a synchronous invocation says nothing until
+    it returns, and an hour is the unit the load resumes from (the backfill playbook's default).
+    """
+    try:
+        first, last = parse_hour(start, "--start"), parse_hour(end, "--end")
+        hours = window_hours(first, last, MAX_WINDOW_HOURS)
+    except BackfillError as error:
+        raise PlatformError(str(error)) from None
+    started = time.monotonic()
+    results = []
+    for hour in hours:
+        hour_started = time.monotonic()
+        try:
+            report = invocation_result(*invoke(window_request(hour, hour, force)))
+            results.append(chunk_result(hour, hour, require_succeeded(report)))
+        except BackfillError as error:
+            print(f"{hour_text(hour)}: failed: {error}", flush=True)
+            print(
+                f"The hours before {hour_text(hour)} are loaded; resume with "
+                f"--start {hour_text(hour)} --end {hour_text(last)}",
+                flush=True,
+            )
+            return 1
+        print(
+            loaded_line(hour_text(hour), results[-1], time.monotonic() - hour_started), flush=True
+        )
+    summary = totals(results)
+    print(loaded_line(f"total {span_text(first, last)}", summary, time.monotonic() - started))
+    return 0
 
 
 def traffic(arguments: argparse.Namespace) -> int:
