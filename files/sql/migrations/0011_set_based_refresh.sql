@@ -472,8 +472,7 @@ BEGIN
             CROSS JOIN LATERAL product_scopes(p.product_category, p.product_brand) AS s
             WHERE v.visitor_id IS NOT NULL
         )
-        SELECT c.*, n.furthest_step AS step_now, d.furthest_step AS step_stored,
-               d.previous_days AS previous_days_stored
+        SELECT c.*, n.furthest_step AS step_now, d.furthest_step AS step_stored
         FROM candidates AS c
         LEFT JOIN visitor_days_now AS n
             USING (visitor_kind, visitor_id, product_category, product_brand, day)
@@ -510,25 +509,30 @@ BEGIN
                                 '-infinity')
                    ]::date[] AS previous_days
             FROM (
-                SELECT d.visitor_kind, d.visitor_id, d.product_category, d.product_brand, d.day,
-                       d.furthest_step, d.furthest_step AS stored_step,
+                -- A FULL JOIN is a hash or merge join, never a loop over either side.
+                SELECT coalesce(c.visitor_kind, d.visitor_kind) AS visitor_kind,
+                       coalesce(c.visitor_id, d.visitor_id) AS visitor_id,
+                       coalesce(c.product_category, d.product_category) AS product_category,
+                       coalesce(c.product_brand, d.product_brand) AS product_brand,
+                       coalesce(c.day, d.day) AS day,
+                       CASE WHEN c.day IS NULL THEN d.furthest_step ELSE c.step_now END
+                           AS furthest_step,
+                       d.furthest_step AS stored_step,
                        d.previous_days AS stored_previous_days
-                FROM visitor_series AS s
-                JOIN visitor_days AS d
-                    ON d.visitor_kind = s.visitor_kind AND d.visitor_id = s.visitor_id
-                   AND d.product_category = s.product_category
-                   AND d.product_brand = s.product_brand
-                WHERE NOT EXISTS (
-                    SELECT FROM visitor_days_changed AS c
-                    WHERE c.visitor_kind = d.visitor_kind AND c.visitor_id = d.visitor_id
-                      AND c.product_category = d.product_category
-                      AND c.product_brand = d.product_brand AND c.day = d.day)
-                UNION ALL
-                SELECT visitor_kind, visitor_id, product_category, product_brand, day, step_now,
-                       step_stored, previous_days_stored
-                FROM visitor_days_changed
-                WHERE step_now IS NOT NULL
+                FROM (
+                    SELECT d.*
+                    FROM visitor_series AS s
+                    JOIN visitor_days AS d
+                        ON d.visitor_kind = s.visitor_kind AND d.visitor_id = s.visitor_id
+                       AND d.product_category = s.product_category
+                       AND d.product_brand = s.product_brand
+                ) AS d
+                FULL JOIN visitor_days_changed AS c
+                    ON c.visitor_kind = d.visitor_kind AND c.visitor_id = d.visitor_id
+                   AND c.product_category = d.product_category
+                   AND c.product_brand = d.product_brand AND c.day = d.day
             ) AS m
+            WHERE m.furthest_step IS NOT NULL  -- a day whose last session left it
             WINDOW earlier AS (
                 PARTITION BY m.visitor_kind, m.visitor_id, m.product_category, m.product_brand
                 ORDER BY m.day ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
@@ -557,12 +561,19 @@ BEGIN
     SELECT visitor_kind, visitor_id, product_category, product_brand, day, furthest_step,
            previous_days
     FROM visitor_days_written
-    WHERE stored_step IS NULL;
+    WHERE stored_step IS NULL
+    -- In the primary key's order: each index page is written once, not once per row.
+    ORDER BY visitor_kind, visitor_id, product_category, product_brand, day;
 
+    -- Few groups of many rows: a hash aggregate, not the sort that UNION's estimate picks.
     CREATE TEMP TABLE visitor_groups_changed ON COMMIT DROP AS
-        SELECT visitor_kind, product_category, product_brand, day FROM visitor_days_changed
-        UNION
-        SELECT visitor_kind, product_category, product_brand, day FROM visitor_days_written;
+        SELECT visitor_kind, product_category, product_brand, day
+        FROM (
+            SELECT visitor_kind, product_category, product_brand, day FROM visitor_days_changed
+            UNION ALL
+            SELECT visitor_kind, product_category, product_brand, day FROM visitor_days_written
+        ) AS changed
+        GROUP BY 1, 2, 3, 4;
     ANALYZE visitor_groups_changed;
     DELETE FROM rollup_visitors_daily AS r USING visitor_groups_changed AS g
     WHERE r.visitor_kind = g.visitor_kind AND r.product_category = g.product_category
