@@ -22,9 +22,9 @@
 --   stored span lies inside one run of dirty hours has no event elsewhere (every event outside the
 --   dirty hours was refreshed before, into its session's span). The three session steps group
 --   touched_events, one hash aggregate each.
--- * session_scope_steps() is session_scopes() for a table of sessions at once: one join with
---   session_products, which the planner may hash or probe, as the sizes say. funnel_step() is the
---   one rule of how far a session got, which session_scopes() now uses too.
+-- * session_scope_steps() replaces session_scopes() with the scopes of a table of sessions at
+--   once: one join with session_products, which the planner may hash or probe, as the sizes say.
+--   funnel_step() is the one rule of how far a session got.
 -- * refresh_visitor_days() joins visitor days to their sessions, and computes each changed
 --   series' previous days before it writes: a row is inserted, updated or deleted once.
 
@@ -42,29 +42,7 @@ RETURN CASE WHEN NOT viewed THEN 0
             ELSE 4
        END::smallint;
 
-CREATE OR REPLACE FUNCTION public.session_scopes(
-    for_session text, checkout_started boolean, converted boolean
-)
-RETURNS TABLE (product_category text, product_brand text, furthest_step smallint)
-LANGUAGE sql
-STABLE
-AS $$
-    SELECT scope.product_category,
-           scope.product_brand,
-           public.funnel_step(bool_or(scope.viewed), bool_or(scope.carted), checkout_started,
-                              converted)
-    FROM (
-        SELECT '' AS product_category, '' AS product_brand, false AS viewed, false AS carted
-        UNION ALL
-        SELECT s.product_category, s.product_brand, p.viewed, p.carted
-        FROM public.session_products AS p
-        CROSS JOIN LATERAL public.product_scopes(p.product_category, p.product_brand) AS s
-        WHERE p.session_id = for_session
-    ) AS scope
-    GROUP BY scope.product_category, scope.product_brand
-$$;
-
--- session_scopes() of every session of ``source``, a table of (session_id, checkout_started,
+-- The scopes of every session of ``source``, a table of (session_id, checkout_started,
 -- converted): each session's scopes and the furthest step it reached in each. The scope ('', '')
 -- holds every session, with what any of its products say; the others come from its products.
 CREATE FUNCTION public.session_scope_steps(source regclass)
@@ -145,7 +123,7 @@ BEGIN
         FROM clickstream_events
         WITH NO DATA;
     FOR hours IN SELECT range_start, range_end FROM refresh_hour_ranges LOOP
-        -- EXECUTE: planned with the range's values (see refresh_by_hour).
+        -- EXECUTE: planned with the range's values, which the BRIN index then reads.
         EXECUTE 'INSERT INTO touched_events
                  SELECT session_id, event_id, event_timestamp, event_name, client_id, user_id,
                         page_url, context_product_id, context_product_category,
@@ -591,6 +569,13 @@ BEGIN
     GROUP BY 1, 2, 3, 4, 5, 6;
 END;
 $$;
+
+-- Replaced by the set-based steps above and called by nothing else: session_scopes(), a probe
+-- per session (session_scope_steps() is its rule for a table of sessions), and refresh_by_hour(),
+-- the loop of 0006's hourly steps (they now read touched_events;
+-- their old bodies depended on it until replaced, hence here).
+DROP FUNCTION public.session_scopes(text, boolean, boolean);
+DROP FUNCTION public.refresh_by_hour(regclass, text);
 
 INSERT INTO public.aggregate_refresh_steps (step_order, refresh_function, refreshes) VALUES
     (7, 'public.refresh_touched_events',
